@@ -1,0 +1,1 @@
+"""Pure, per-device processors. One module per processor; `pipeline.topology` wires them."""
