@@ -1,0 +1,540 @@
+"""Trajectory smoothing: a Kalman filter per device, outlier gating, moving flag and mileage.
+
+Every in-order ping becomes exactly one `TrackPoint` carrying the raw fix and the filtered
+position, speed, heading, a moving flag and `step_m`, the distance the point adds to mileage.
+
+Filter. A constant-velocity Kalman filter in a local east/north metric frame around an origin
+that is re-centred when the estimate gets `recentre_m` from it. A fix's `accuracy_m` is taken
+as a 1-sigma error per axis (floored at `accuracy_floor_m`), so precise fixes pull harder than
+vague ones. With isotropic noise the east and north axes are independent and share one 2x2
+covariance block, so the per-ping path is a few dozen scalar operations (no numpy). Steady
+motion and standing still are smoothed with the small `process_noise`; when recent fixes keep
+surprising the filter (running mean of the normalised innovation above `manoeuvre_gate`) it
+assumes a manoeuvre (turn, start, stop) and follows the fixes with `manoeuvre_noise`.
+
+Velocity fusion. If `fuse_reported_velocity`, a reported speed with bearing is fused as a
+velocity measurement (1-sigma `reported_speed_sigma_mps` per axis); a reported speed under
+0.5 m/s without a bearing counts as standing still. A reported velocity far off the filter's
+is ignored rather than fused.
+
+Outliers are decided on arrival, holding nothing back (no added latency). A fix is rejected
+when its accuracy is worse than `max_accuracy_m` (flags OUTLIER|LOW_ACCURACY), when the speed
+implied from the last accepted fix exceeds `max_speed_mps` after both accuracies are given as
+slack, or when it is far from the prediction even allowing for a manoeuvre (squared
+Mahalanobis distance above `innovation_gate`) AND more than `gate_min_distance_m` from both
+the prediction and the last accepted fix (OUTLIER|SPIKE). An A->B->A spike is thus caught at
+B and the return to A is accepted as usual; a sudden stop is near the last fix, so it is never
+a spike. A rejected fix leaves the filter untouched: its point shows the prediction for that
+time, `step_m` 0, and it is counted in `out.counters["outlier"]`. So the filter cannot reject
+a real relocation forever, `reacquire_after` consecutive rejected fixes that agree with each
+other restart it at the newest one; if the first of them was physically reachable from the
+last accepted fix, the straight line is counted as mileage (a teleport is not).
+
+Moving flag and mileage (what expense checks rely on). A stationary device keeps the place it
+stands (a weighted mean of its fixes, `anchor_memory` fixes long). It starts moving when the
+filtered speed exceeds `moving_speed_mps` AND the estimate is beyond `move_radius_m` (or three
+sigma of the estimate's and the anchor's combined uncertainty, if larger) from that place,
+on `start_confirm` consecutive fixes; that first moving point counts the distance from the
+place it stood, so the start is not lost. While moving, mileage is counted in chords: a step
+is added when the estimate is at least `min_step_m` (or two sigma of its uncertainty) from the
+last counted position, so the filter's wobble adds nothing. The device stops when the filtered
+speed falls below `stopped_speed_mps` or no chord was completed for `stop_after_s`. While
+stationary `step_m` is 0 and speed is reported as 0; the heading keeps its last moving value.
+
+Gaps. After `restart_gap_s` without an accepted fix the filter restarts from the next fix
+(flag GAP_BEFORE). If the gap is at most `bridge_gap_max_s` and the device moved beyond its
+start radius meanwhile at a plausible speed, the straight line across the gap is counted as
+mileage and that point is marked moving: a tunnel or a dead zone should not erase a drive.
+
+Parameters (`SmoothParams`, config section `[smooth]`):
+
+- `max_accuracy_m` (100.0): fixes reporting a worse accuracy are outliers (LOW_ACCURACY).
+- `accuracy_floor_m` (3.0): the smallest 1-sigma error believed for a fix.
+- `max_speed_mps` (70.0): implied speed from the last accepted fix, after subtracting both
+  accuracies, above which a fix is an outlier (SPIKE).
+- `innovation_gate` (16.0): squared Mahalanobis distance from the (manoeuvre-allowing)
+  prediction above which a fix may be a spike; 16 is about 1 in 3000 for a 2-D Gaussian.
+- `gate_min_distance_m` (60.0): a fix within this of the prediction or of the last accepted
+  fix is never a spike.
+- `process_noise` (0.1): acceleration noise (m/s^2, 1-sigma) for steady motion.
+- `manoeuvre_noise` (3.0): acceleration noise (m/s^2) while manoeuvring.
+- `manoeuvre_gate` (6.0): running mean of the normalised innovation (expectation 2) above
+  which the filter assumes a manoeuvre.
+- `reported_speed_sigma_mps` (1.0): 1-sigma error of a reported velocity, per axis.
+- `fuse_reported_velocity` (True): fuse the phone's reported speed and bearing.
+- `initial_speed_sigma_mps` (10.0): velocity uncertainty when the filter (re)starts without a
+  reported velocity.
+- `moving_speed_mps` (1.6): filtered speed above which a stationary device may start moving.
+- `stopped_speed_mps` (0.8): filtered speed below which a moving device stops (hysteresis).
+- `move_radius_m` (25.0): least displacement from where it stood for a device to start moving.
+- `min_step_m` (10.0): least chord counted into mileage while moving.
+- `stop_after_s` (20.0): a moving device that completes no chord for this long has stopped.
+- `start_confirm` (2): consecutive fixes that must agree before a device starts moving.
+- `anchor_memory` (30.0): how many fixes the stationary position averages over (at most).
+- `restart_gap_s` (300.0): time without an accepted fix after which the filter restarts.
+- `bridge_gap_max_s` (900.0): gaps up to this long (and over `restart_gap_s`) count their
+  straight-line displacement as mileage; 0 disables.
+- `reacquire_after` (3): consecutive mutually consistent rejected fixes that restart the
+  filter at the new place.
+- `recentre_m` (20000.0): distance of the estimate from the frame origin that re-centres the
+  frame, keeping the equirectangular approximation accurate (distance error < 0.5 %).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from pipeline.events import Ping, TrackFlag, TrackPoint
+from pipeline.geo import M_PER_DEG_LAT, haversine_m
+from pipeline.processors.base import Ctx, Result, SerialisableState
+
+_DEG = math.pi / 180.0
+_OUTLIER = int(TrackFlag.OUTLIER)
+_LOW_ACCURACY = int(TrackFlag.OUTLIER | TrackFlag.LOW_ACCURACY)
+_SPIKE = int(TrackFlag.OUTLIER | TrackFlag.SPIKE)
+_MOCK = int(TrackFlag.MOCK)
+_GAP = int(TrackFlag.GAP_BEFORE)
+_LATE = int(TrackFlag.LATE)
+# Below this reported speed a missing bearing does not matter: the phone says it stands still.
+_STILL_REPORTED_MPS = 0.5
+# A reported velocity this many sigmas off the prediction (squared) is ignored, not fused.
+_VELOCITY_GATE = 25.0
+# Bound on the averaged surprise so one huge accepted jump cannot blow the covariance up.
+_SURPRISE_CAP = 400.0
+# Weight of the newest fix in the averaged surprise.
+_SURPRISE_RATE = 0.5
+
+
+@dataclass(slots=True)
+class SmoothParams:
+    """Smoothing parameters; see the module docstring for what each one does."""
+
+    max_accuracy_m: float = 100.0
+    accuracy_floor_m: float = 3.0
+    max_speed_mps: float = 70.0
+    innovation_gate: float = 16.0
+    gate_min_distance_m: float = 60.0
+    process_noise: float = 0.1
+    manoeuvre_noise: float = 3.0
+    manoeuvre_gate: float = 6.0
+    reported_speed_sigma_mps: float = 1.0
+    fuse_reported_velocity: bool = True
+    initial_speed_sigma_mps: float = 10.0
+    moving_speed_mps: float = 1.6
+    stopped_speed_mps: float = 0.8
+    move_radius_m: float = 25.0
+    min_step_m: float = 10.0
+    stop_after_s: float = 20.0
+    start_confirm: int = 2
+    anchor_memory: float = 30.0
+    restart_gap_s: float = 300.0
+    bridge_gap_max_s: float = 900.0
+    reacquire_after: int = 3
+    recentre_m: float = 20_000.0
+
+
+def _zeros16() -> list[float]:
+    return [0.0] * 16
+
+
+@dataclass(slots=True)
+class SmoothState(SerialisableState):
+    """Per-device filter state (about 40 numbers).
+
+    `x` is [east, north, v_east, v_north] in metres and m/s in the frame around
+    (`origin_lat`, `origin_lon`); `p` is its 4x4 covariance, row-major. `filter_ts_ms` 0 means
+    the filter has not started. `odo_x`/`odo_y` is where mileage was last counted to: the end
+    of the last chord while moving, the place the device stands (a weighted mean of its fixes,
+    weight `anchor_w`) while stationary. `surprise` is the running mean normalised innovation.
+    `cand_*` is the newest rejected fix of the current run of consistent rejections.
+    """
+
+    origin_lat: float = 0.0
+    origin_lon: float = 0.0
+    x: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    p: list[float] = field(default_factory=_zeros16)
+    filter_ts_ms: int = 0
+    # Last accepted raw fix (for the speed gate and gap bridging).
+    fix_lat: float = 0.0
+    fix_lon: float = 0.0
+    fix_acc_m: float = 0.0
+    moving: bool = False
+    heading_deg: float = 0.0
+    odo_x: float = 0.0
+    odo_y: float = 0.0
+    odo_ts_ms: int = 0
+    cand_lat: float = 0.0
+    cand_lon: float = 0.0
+    cand_acc_m: float = 0.0
+    cand_ts_ms: int = 0
+    cand_count: int = 0
+    cand_reachable: bool = False
+    surprise: float = 2.0
+    anchor_w: float = 0.0
+    start_count: int = 0
+
+
+class Smoother:
+    """Kalman smoothing, outlier gating, moving flag and mileage per device."""
+
+    def __init__(self, params: SmoothParams | None = None) -> None:
+        self.params = params or SmoothParams()
+
+    def initial_state(self) -> SmoothState:
+        return SmoothState()
+
+    # ------------------------------------------------------------------ public API
+
+    def process(
+        self, state: SmoothState, pings: list[Ping], ctx: Ctx, out: Result
+    ) -> list[TrackPoint]:
+        """One TrackPoint per ping (event-time order, already validated)."""
+        points: list[TrackPoint] = []
+        append = points.append
+        outliers = 0
+        for ping in pings:
+            point = self._one(state, ping)
+            if point.flags & _OUTLIER:
+                outliers += 1
+            append(point)
+        if outliers:
+            out.counters["outlier"] += outliers
+        return points
+
+    def late_point(self, ping: Ping) -> TrackPoint:
+        """A stored-only point for a ping that arrived too late to touch the state."""
+        flags = _LATE | (_MOCK if ping.is_mock else 0)
+        return TrackPoint(
+            ping.org_id,
+            ping.device_id,
+            ping.seq,
+            ping.ts_ms,
+            ping.lat,
+            ping.lon,
+            ping.lat,
+            ping.lon,
+            ping.accuracy_m,
+            ping.speed_mps if ping.speed_mps is not None else 0.0,
+            ping.bearing_deg if ping.bearing_deg is not None else 0.0,
+            False,
+            0.0,
+            flags,
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _one(self, s: SmoothState, ping: Ping) -> TrackPoint:
+        prm = self.params
+        base_flags = _MOCK if ping.is_mock else 0
+        acc = ping.accuracy_m if ping.accuracy_m > prm.accuracy_floor_m else prm.accuracy_floor_m
+
+        if ping.accuracy_m > prm.max_accuracy_m:
+            return self._outlier(s, ping, base_flags | _LOW_ACCURACY)
+
+        if s.filter_ts_ms == 0:
+            self._restart(s, ping, acc)
+            return self._emit(s, ping, base_flags, 0.0)
+
+        gap_s = (ping.ts_ms - s.filter_ts_ms) / 1000.0
+        if gap_s > prm.restart_gap_s:
+            return self._after_gap(s, ping, acc, gap_s, base_flags)
+
+        # Speed gate against the last accepted raw fix, each accuracy given as slack.
+        dist_fix = haversine_m(s.fix_lat, s.fix_lon, ping.lat, ping.lon)
+        slack = acc + s.fix_acc_m
+        reachable = dist_fix - slack <= prm.max_speed_mps * max(gap_s, 1.0)
+
+        # Predict to the fix time (committed only if the fix is accepted).
+        mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
+        zx = (ping.lon - s.origin_lon) * mlon
+        zy = (ping.lat - s.origin_lat) * M_PER_DEG_LAT
+        x = s.x
+        p = s.p
+        dt = gap_s if gap_s > 0.0 else 0.0
+        px = x[0] + x[2] * dt
+        py = x[1] + x[3] * dt
+        a0, b0, c0 = p[0], p[2], p[10]
+        dt2 = dt * dt
+        a_pred = a0 + 2.0 * dt * b0 + dt2 * c0
+        b_pred = b0 + dt * c0
+        r = acc * acc
+        ix = zx - px
+        iy = zy - py
+        innov2 = ix * ix + iy * iy
+        # A spike is far from the prediction even allowing for a manoeuvre AND far from the
+        # last accepted fix (a sudden stop is near the last fix, so it is not a spike).
+        qm = prm.manoeuvre_noise * prm.manoeuvre_noise
+        a_m = a_pred + qm * dt2 * dt2 * 0.25
+        gmin = prm.gate_min_distance_m
+        spike = (
+            innov2 > prm.innovation_gate * (a_m + r) and innov2 > gmin * gmin and dist_fix > gmin
+        )
+        if not reachable or spike:
+            return self._rejected(s, ping, acc, base_flags, reachable, px, py, mlon)
+        # Steady motion is smoothed with the small process noise; while recent fixes keep
+        # surprising the filter (averaged normalised innovation, expectation 2) it assumes a
+        # manoeuvre (turn, start, stop) and follows the fixes with the larger one.
+        q = prm.process_noise * prm.process_noise
+        a = a_pred + q * dt2 * dt2 * 0.25
+        surprise = s.surprise + _SURPRISE_RATE * (innov2 / (a + r) - s.surprise)
+        s.surprise = surprise if surprise < _SURPRISE_CAP else _SURPRISE_CAP
+        if surprise > prm.manoeuvre_gate:
+            q = qm
+            a = a_m
+        b = b_pred + q * dt2 * dt * 0.5
+        c = c0 + q * dt2
+        sv = a + r
+
+        # Accepted: update position.
+        ka = a / sv
+        kb = b / sv
+        vx = x[2] + kb * ix
+        vy = x[3] + kb * iy
+        ex = px + ka * ix
+        ey = py + ka * iy
+        a, b, c = a * r / sv, b * r / sv, c - kb * b
+        # Optionally fuse the phone's own velocity (Doppler: good when moving, ~0 when still).
+        if prm.fuse_reported_velocity and ping.speed_mps is not None:
+            speed = ping.speed_mps
+            if ping.bearing_deg is not None:
+                hx = speed * math.sin(ping.bearing_deg * _DEG)
+                hy = speed * math.cos(ping.bearing_deg * _DEG)
+            elif speed <= _STILL_REPORTED_MPS:
+                hx = hy = 0.0
+            else:
+                hx = hy = math.nan
+            if hx == hx:  # not NaN
+                rv = prm.reported_speed_sigma_mps**2
+                svv = c + rv
+                jx = hx - vx
+                jy = hy - vy
+                if jx * jx + jy * jy <= _VELOCITY_GATE * svv:
+                    ga = b / svv
+                    gb = c / svv
+                    ex += ga * jx
+                    ey += ga * jy
+                    vx += gb * jx
+                    vy += gb * jy
+                    a, b, c = a - ga * b, b - ga * c, c - gb * c
+        x[0], x[1], x[2], x[3] = ex, ey, vx, vy
+        p[0] = p[5] = a
+        p[2] = p[8] = p[7] = p[13] = b
+        p[10] = p[15] = c
+        s.filter_ts_ms = ping.ts_ms
+        s.fix_lat, s.fix_lon, s.fix_acc_m = ping.lat, ping.lon, acc
+        s.cand_count = 0
+        step = self._mileage(s, zx, zy, acc, ping.ts_ms)
+        if ex * ex + ey * ey > prm.recentre_m * prm.recentre_m:
+            self._recentre(s, mlon)
+        return self._emit(s, ping, base_flags, step)
+
+    def _mileage(self, s: SmoothState, zx: float, zy: float, acc: float, ts_ms: int) -> float:
+        """Update the moving flag from the new estimate and return the step it adds."""
+        prm = self.params
+        x = s.x
+        speed = math.hypot(x[2], x[3])
+        dx = x[0] - s.odo_x
+        dy = x[1] - s.odo_y
+        d2 = dx * dx + dy * dy
+        if s.moving:
+            s.heading_deg = math.atan2(x[2], x[3]) / _DEG % 360.0
+            # Count in chords longer than the estimate's own wobble, so jitter adds nothing.
+            chord2 = 4.0 * s.p[0]
+            if chord2 < prm.min_step_m * prm.min_step_m:
+                chord2 = prm.min_step_m * prm.min_step_m
+            step = 0.0
+            if d2 >= chord2:
+                step = math.sqrt(d2)
+                s.odo_x, s.odo_y, s.odo_ts_ms = x[0], x[1], ts_ms
+            if speed < prm.stopped_speed_mps or ts_ms - s.odo_ts_ms > prm.stop_after_s * 1000:
+                # Stopped: the stop starts at the estimate, weighted by the filter's certainty.
+                s.moving = False
+                s.odo_x, s.odo_y = x[0], x[1]
+                s.anchor_w = 1.0 / s.p[0]
+                s.start_count = 0
+            return step
+        # Stationary: start only when fast AND clearly away from the stop, twice in a row.
+        spread = 9.0 * (1.0 / s.anchor_w + s.p[0])
+        radius2 = prm.move_radius_m * prm.move_radius_m
+        if spread > radius2:
+            radius2 = spread
+        if speed > prm.moving_speed_mps and d2 > radius2:
+            s.start_count += 1
+            if s.start_count >= prm.start_confirm:
+                s.moving = True
+                s.heading_deg = math.atan2(x[2], x[3]) / _DEG % 360.0
+                s.odo_x, s.odo_y, s.odo_ts_ms = x[0], x[1], ts_ms
+                return math.sqrt(d2)  # from where it stood: the start is not lost
+            return 0.0
+        s.start_count = 0
+        # Refine where the device stands: a weighted mean of its raw fixes, memory capped.
+        w = 1.0 / (acc * acc)
+        total = s.anchor_w + w
+        s.odo_x += (zx - s.odo_x) * w / total
+        s.odo_y += (zy - s.odo_y) * w / total
+        cap = prm.anchor_memory * w
+        s.anchor_w = total if total < cap else cap
+        return 0.0
+
+    def _emit(self, s: SmoothState, ping: Ping, flags: int, step: float) -> TrackPoint:
+        x = s.x
+        mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
+        speed = math.hypot(x[2], x[3]) if s.moving else 0.0
+        return TrackPoint(
+            ping.org_id,
+            ping.device_id,
+            ping.seq,
+            ping.ts_ms,
+            ping.lat,
+            ping.lon,
+            s.origin_lat + x[1] / M_PER_DEG_LAT,
+            s.origin_lon + x[0] / mlon,
+            ping.accuracy_m,
+            speed,
+            s.heading_deg,
+            s.moving,
+            step,
+            flags,
+        )
+
+    def _outlier(self, s: SmoothState, ping: Ping, flags: int) -> TrackPoint:
+        """A rejected fix before any prediction was made (accuracy gate)."""
+        if s.filter_ts_ms == 0:
+            lat, lon = ping.lat, ping.lon
+        else:
+            dt = max(0.0, (ping.ts_ms - s.filter_ts_ms) / 1000.0)
+            if dt > self.params.restart_gap_s:
+                dt = 0.0  # a stale filter is not extrapolated for minutes
+            x = s.x
+            mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
+            lat = s.origin_lat + (x[1] + x[3] * dt) / M_PER_DEG_LAT
+            lon = s.origin_lon + (x[0] + x[2] * dt) / mlon
+        return self._outlier_point(s, ping, flags, lat, lon)
+
+    def _outlier_point(
+        self, s: SmoothState, ping: Ping, flags: int, lat: float, lon: float
+    ) -> TrackPoint:
+        moving = s.moving and s.filter_ts_ms != 0
+        speed = math.hypot(s.x[2], s.x[3]) if moving else 0.0
+        return TrackPoint(
+            ping.org_id,
+            ping.device_id,
+            ping.seq,
+            ping.ts_ms,
+            ping.lat,
+            ping.lon,
+            lat,
+            lon,
+            ping.accuracy_m,
+            speed,
+            s.heading_deg,
+            moving,
+            0.0,
+            flags,
+        )
+
+    def _rejected(
+        self,
+        s: SmoothState,
+        ping: Ping,
+        acc: float,
+        base_flags: int,
+        reachable: bool,
+        px: float,
+        py: float,
+        mlon: float,
+    ) -> TrackPoint:
+        """A fix rejected by the speed or innovation gate; may trigger re-acquisition."""
+        prm = self.params
+        consistent = False
+        if s.cand_count:
+            d = haversine_m(s.cand_lat, s.cand_lon, ping.lat, ping.lon) - acc - s.cand_acc_m
+            dt = max((ping.ts_ms - s.cand_ts_ms) / 1000.0, 1.0)
+            consistent = d <= prm.max_speed_mps * dt
+        if consistent:
+            s.cand_count += 1
+        else:
+            s.cand_count = 1
+            s.cand_reachable = reachable
+        s.cand_lat, s.cand_lon, s.cand_acc_m, s.cand_ts_ms = ping.lat, ping.lon, acc, ping.ts_ms
+        if s.cand_count >= prm.reacquire_after:
+            return self._reacquire(s, ping, acc, base_flags)
+        lat = s.origin_lat + py / M_PER_DEG_LAT
+        lon = s.origin_lon + px / mlon
+        return self._outlier_point(s, ping, base_flags | _SPIKE, lat, lon)
+
+    def _reacquire(self, s: SmoothState, ping: Ping, acc: float, flags: int) -> TrackPoint:
+        """Restart at a place the filter kept rejecting; count the jump only if reachable."""
+        prm = self.params
+        was_moving = s.moving
+        mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
+        old_lat = s.origin_lat + s.odo_y / M_PER_DEG_LAT
+        old_lon = s.origin_lon + s.odo_x / mlon
+        reachable = s.cand_reachable
+        self._restart(s, ping, acc)
+        step = 0.0
+        if reachable:
+            step = haversine_m(old_lat, old_lon, ping.lat, ping.lon)
+            s.moving = was_moving or step > max(prm.move_radius_m, acc)
+            if not s.moving:
+                step = 0.0
+        return self._emit(s, ping, flags, step)
+
+    def _after_gap(
+        self, s: SmoothState, ping: Ping, acc: float, gap_s: float, base_flags: int
+    ) -> TrackPoint:
+        """Restart after a long silence; bridge a moderate gap's displacement into mileage."""
+        prm = self.params
+        mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
+        old_lat = s.origin_lat + s.odo_y / M_PER_DEG_LAT
+        old_lon = s.origin_lon + s.odo_x / mlon
+        self._restart(s, ping, acc)
+        step = 0.0
+        if gap_s <= prm.bridge_gap_max_s:
+            d = haversine_m(old_lat, old_lon, ping.lat, ping.lon)
+            if d > max(prm.move_radius_m, acc) and d <= prm.max_speed_mps * gap_s:
+                step = d
+                s.moving = True
+        return self._emit(s, ping, base_flags | _GAP, step)
+
+    def _restart(self, s: SmoothState, ping: Ping, acc: float) -> None:
+        """(Re)start the filter at a fix, in a frame centred on it."""
+        prm = self.params
+        s.origin_lat = ping.lat
+        s.origin_lon = ping.lon
+        vx = vy = 0.0
+        c = prm.initial_speed_sigma_mps**2
+        if prm.fuse_reported_velocity and ping.speed_mps is not None:
+            if ping.bearing_deg is not None:
+                vx = ping.speed_mps * math.sin(ping.bearing_deg * _DEG)
+                vy = ping.speed_mps * math.cos(ping.bearing_deg * _DEG)
+                c = prm.reported_speed_sigma_mps**2
+            elif ping.speed_mps <= _STILL_REPORTED_MPS:
+                c = prm.reported_speed_sigma_mps**2
+        s.x = [0.0, 0.0, vx, vy]
+        a = acc * acc
+        s.p = [a, 0.0, 0.0, 0.0, 0.0, a, 0.0, 0.0, 0.0, 0.0, c, 0.0, 0.0, 0.0, 0.0, c]
+        s.filter_ts_ms = ping.ts_ms
+        s.fix_lat, s.fix_lon, s.fix_acc_m = ping.lat, ping.lon, acc
+        s.odo_x = s.odo_y = 0.0
+        s.odo_ts_ms = ping.ts_ms
+        s.moving = False
+        s.cand_count = 0
+        s.cand_reachable = False
+        s.surprise = 2.0
+        s.anchor_w = 1.0 / a
+        s.start_count = 0
+
+    def _recentre(self, s: SmoothState, mlon: float) -> None:
+        """Move the frame origin to the current estimate; positions shift, velocity stays."""
+        x = s.x
+        lat = s.origin_lat + x[1] / M_PER_DEG_LAT
+        lon = s.origin_lon + x[0] / mlon
+        odo_lat = s.origin_lat + s.odo_y / M_PER_DEG_LAT
+        odo_lon = s.origin_lon + s.odo_x / mlon
+        s.origin_lat, s.origin_lon = lat, lon
+        new_mlon = M_PER_DEG_LAT * math.cos(lat * _DEG)
+        x[0] = x[1] = 0.0
+        s.odo_x = (odo_lon - lon) * new_mlon
+        s.odo_y = (odo_lat - lat) * M_PER_DEG_LAT

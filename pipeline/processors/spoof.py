@@ -1,0 +1,704 @@
+"""Spoof (anti-cheat) detection: per-device rules over raw, validated, event-ordered fixes.
+
+Managers discipline reps on these alerts, so every rule is tuned for precision first: each one
+fires on evidence that real phones do not produce (checked against the real tracks under
+shared/data/real-tracks, which mix GPS, cached and cell fixes and raise nothing), and every
+alert carries the points, the rule and the thresholds a rep could be shown.
+
+One alert per episode: a rule that keeps firing extends its open episode; a new alert (and a
+new id, `make_id(org, device, type, episode start ms)`) comes only after the condition has
+been absent for `episode_gap_s` (`integrity_episode_gap_s` for device-integrity reports).
+
+Rules and their parameters (`SpoofParams`, defaults in brackets):
+
+1. Mock flag -> SPOOF_MOCK_FLAG (critical): a ping with `is_mock=True`. Evidence: the first
+   mock fix of the episode (time, position) and how many mock fixes the batch held.
+   Mock fixes are skipped by the geometric rules below (the phone already confessed).
+2. Device integrity -> SPOOF_DEVICE_INTEGRITY: DeviceState kinds mock_app_detected and
+   emulator (critical), rooted and developer_mode_on (warning); one alert per kind per episode.
+   - `integrity_episode_gap_s` [43200 = 12 h]: a repeated report of the same kind within this
+     time of the previous one belongs to the same episode (apps re-report on every start).
+3. Teleport -> SPOOF_TELEPORT (critical): an implied speed between the last on-track fix and
+   a new fix that no vehicle reaches, even granting both accuracies:
+   (distance - acc1 - acc2) / dt > `teleport_speed_mps` [100 m/s = 360 km/h] and the
+   distance > `teleport_min_m` [2000 m] (urban-canyon multipath jumps of 100-500 m with a lying
+   10 m accuracy must not count). The decision waits until the jump resolves (the track came
+   back, stayed away for `jump_back_max_s`, or moved on), so one episode gives one alert.
+   Real-phone artefacts that are excluded on purpose:
+   - fixes with accuracy <= `unknown_accuracy_m` [0.0] carry no usable accuracy (Android
+     reports 0 when it has none; cell and cached fixes do this) and are ignored by rules 3-4;
+   - a position repeated (within `stale_eps_m` [1.0 m]) is a stale/cached fix, not a fresh
+     one: dt is measured from the first fix of that stale run, so a phone whose position
+     froze while it travelled does not "teleport" when a fresh fix arrives.
+4. Jump to a customer and back -> SPOOF_JUMP_BACK (critical): a fix or a run of fixes lasting
+   at most `jump_back_max_s` [180 s], reached by an impossible leg (speed rule above, distance
+   > `jump_back_min_m` [1000 m]) and left by an impossible leg that lands within
+   `jump_back_return_frac` [0.25] x the jump distance of where the track left, with a jumped fix
+   within a customer's radius (+ `jump_back_customer_extra_m` [25 m]). A jump at least
+   `teleport_min_m` long that is not at a customer is reported as a teleport instead; shorter
+   out-and-back spikes that are not at a customer are treated as glitches.
+5. Zero-jitter static position -> SPOOF_STATIC (critical): consecutive fixes of a provider in
+   `static_providers` ["gps"] with EXACTLY identical lat/lon, at least `static_min_fixes` [20]
+   of them, each within `static_max_gap_s` [30 s] of the previous, accuracy at most
+   `static_max_accuracy_m` [100 m], spanning >= `static_min_s` [300 s] when the accuracy is
+   identical too, or >= `static_min_s_any_accuracy` [1800 s] when it varies (0 disables).
+   A fresh GNSS fix never repeats to the last digit for minutes; network/fused providers
+   legitimately repeat cached fixes, and sparse samplers (a fix a minute or rarer) may resend
+   the last fix, hence the provider and gap limits. The hidden-flag parked spoofer (static fake
+   position at a customer) is the main case; a teleport into such a spot is reported inside
+   the static alert (evidence `arrived_by_jump_m`) rather than as a second alert.
+6. Constant accuracy on a too-perfect route -> SPOOF_CONSTANT_ACCURACY (warning): at least
+   `constant_accuracy_min_fixes` [60] consecutive fixes with the exact same accuracy_m while
+   moving, where at least `constant_accuracy_min_moving` [20] moving triples were seen and a
+   fraction >= `constant_accuracy_perfect_frac` [0.6] of them are geometrically perfect:
+   the middle fix within `perfect_line_m` [0.5 m] of the straight line between its neighbours
+   AND the two step speeds within `perfect_speed_rel` [0.02] of each other (route-replay apps
+   interpolate at constant speed). Constant accuracy alone is not enough: loggers without an
+   accuracy (GeoLife, gpsies) report a constant placeholder.
+7. Clock skew -> SPOOF_CLOCK_SKEW (warning): with the gateway's receive time known
+   (`received_ms` > 0), a fix stamped more than `clock_skew_s` [120 s] AHEAD of its arrival.
+   A clock BEHIND looks like buffered offline upload, so it is flagged only when uploads look
+   live: `clock_behind_min_uploads` [5] consecutive uploads (0 disables), each at most
+   `clock_behind_max_upload_gap_s` [300 s] after the previous, spanning at least
+   `clock_behind_min_span_s` [600 s] of receive time, whose freshest fix is each more than
+   `clock_skew_s` old with a lag that varies by at most `clock_behind_max_spread_s` [60 s]
+   (a backlog being worked off shrinks its lag; a wrong clock keeps it constant).
+   NOTE: the validator rejects fixes more than its max_future_s ahead of the processing clock
+   before they reach this processor; `observe_clock` is public so the topology can feed those.
+
+Common: `episode_gap_s` [1800 s] ends an episode of rules 1, 3-7 after that much event time
+without the condition.
+
+Replayed tracks (yesterday's track with shifted times) are not detected here: it needs a
+bounded fingerprint of past days (sampled k-grams of exact coordinates with their times),
+which does not fit the per-device state budget next to the other processors, and an alert type
+the shared contract does not define yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.events import (
+    Alert,
+    AlertType,
+    DeviceState,
+    DeviceStateKind,
+    Ping,
+    Severity,
+    evidence,
+    make_id,
+)
+from pipeline.geo import M_PER_DEG_LAT
+from pipeline.processors.base import Ctx, Result, SerialisableState
+
+_DEG = math.pi / 180.0
+
+INTEGRITY_SEVERITY: dict[str, str] = {
+    DeviceStateKind.MOCK_APP_DETECTED.value: Severity.CRITICAL.value,
+    DeviceStateKind.EMULATOR.value: Severity.CRITICAL.value,
+    DeviceStateKind.ROOTED.value: Severity.WARNING.value,
+    DeviceStateKind.DEVELOPER_MODE_ON.value: Severity.WARNING.value,
+}
+INTEGRITY_TEXT: dict[str, str] = {
+    DeviceStateKind.MOCK_APP_DETECTED.value: "a mock-location app was detected on the phone",
+    DeviceStateKind.EMULATOR.value: "the app is running on an emulator, not a phone",
+    DeviceStateKind.ROOTED.value: "the phone is rooted",
+    DeviceStateKind.DEVELOPER_MODE_ON.value: "developer mode is switched on",
+}
+
+# Fix layout in state lists: [ts_ms, lat, lon, accuracy_m].
+TS, LAT, LON, ACC = 0, 1, 2, 3
+
+
+@dataclass(slots=True)
+class SpoofParams:
+    """Spoof-detection thresholds; see the module docstring for what each one does."""
+
+    episode_gap_s: float = 1800.0
+    integrity_episode_gap_s: float = 43200.0
+    teleport_speed_mps: float = 100.0
+    teleport_min_m: float = 2000.0
+    unknown_accuracy_m: float = 0.0
+    stale_eps_m: float = 1.0
+    jump_back_max_s: float = 180.0
+    jump_back_min_m: float = 1000.0
+    jump_back_return_frac: float = 0.25
+    jump_back_customer_extra_m: float = 25.0
+    static_providers: str = "gps"  # comma-separated
+    static_min_fixes: int = 20
+    static_min_s: float = 300.0
+    static_min_s_any_accuracy: float = 1800.0
+    static_max_gap_s: float = 30.0
+    static_max_accuracy_m: float = 100.0
+    constant_accuracy_min_fixes: int = 60
+    constant_accuracy_min_moving: int = 20
+    constant_accuracy_perfect_frac: float = 0.6
+    perfect_line_m: float = 0.5
+    perfect_speed_rel: float = 0.02
+    clock_skew_s: float = 120.0
+    clock_behind_min_uploads: int = 5
+    clock_behind_max_upload_gap_s: float = 300.0
+    clock_behind_min_span_s: float = 600.0
+    clock_behind_max_spread_s: float = 60.0
+
+
+@dataclass(slots=True)
+class SpoofState(SerialisableState):
+    """Per-device spoof state: a few scalars and short lists (well under 1 KB as JSON)."""
+
+    # Open episodes: key (alert type, or "integrity:<kind>") -> [start_ms, last_ms].
+    episodes: dict[str, list[int]] = field(default_factory=dict)
+    # Teleport / jump-back: last on-track fix, start of its stale (frozen) run, pending jump.
+    anchor: list[float] | None = None
+    anchor_since_ms: int = 0
+    # Pending excursion: {"origin": fix, "origin_since": ms, "first": fix, "last": fix,
+    # "n": int, "same": bool (all jumped fixes identical)}.
+    excursion: dict[str, Any] | None = None
+    # Static run: [start_ms, last_ms, lat, lon, acc (-1 once it varied), n]; jump evidence.
+    static: list[float] | None = None
+    static_jump_m: float = 0.0
+    # Constant-accuracy run: [acc, n, start_ms, moving triples, perfect triples].
+    acc_run: list[float] | None = None
+    prev: list[float] | None = None  # last two non-mock fixes [ts, lat, lon]
+    prev2: list[float] | None = None
+    # Clock: current upload [received_ms, min lag ms]; streak of live uploads that lag.
+    upload: list[int] | None = None
+    behind: list[int] | None = None
+
+
+def _dist_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Equirectangular distance: exact enough for the km-scale legs judged here, and cheap."""
+    dx = (lon2 - lon1) * math.cos((lat1 + lat2) * 0.5 * _DEG)
+    return math.hypot(dx, lat2 - lat1) * M_PER_DEG_LAT
+
+
+class SpoofDetector:
+    def __init__(self, params: SpoofParams | None = None) -> None:
+        self.p = params or SpoofParams()
+        self.static_providers = frozenset(
+            s.strip() for s in self.p.static_providers.split(",") if s.strip()
+        )
+
+    def initial_state(self) -> SpoofState:
+        return SpoofState()
+
+    # ---- episodes -------------------------------------------------------------------------
+
+    def _episode(self, state: SpoofState, key: str, ts_ms: int, gap_s: float) -> int | None:
+        """Extend or open the episode; returns its start when a NEW episode opened."""
+        ep = state.episodes.get(key)
+        if ep is not None and ts_ms - ep[1] <= gap_s * 1000:
+            ep[1] = max(ep[1], ts_ms)
+            return None
+        state.episodes[key] = [ts_ms, ts_ms]
+        return ts_ms
+
+    def _alert(
+        self,
+        ctx: Ctx,
+        out: Result,
+        kind: AlertType,
+        start_ms: int,
+        ts_ms: int,
+        severity: Severity | str,
+        message: str,
+        ev: dict[str, str],
+        *id_extra: object,
+    ) -> None:
+        out.alerts.append(
+            Alert(
+                id=make_id(ctx.org_id, ctx.device_id, kind.value, start_ms, *id_extra),
+                org_id=ctx.org_id,
+                device_id=ctx.device_id,
+                ts_ms=ts_ms,
+                type=kind.value,
+                severity=severity.value if isinstance(severity, Severity) else severity,
+                message=message,
+                evidence=ev,
+            )
+        )
+        out.counters[f"alert_{kind.value}"] += 1
+
+    # ---- device states --------------------------------------------------------------------
+
+    def on_device_state(self, state: SpoofState, ev: DeviceState, ctx: Ctx, out: Result) -> None:
+        severity = INTEGRITY_SEVERITY.get(ev.kind)
+        if severity is None:
+            return
+        key = f"integrity:{ev.kind}"
+        start = self._episode(state, key, ev.ts_ms, self.p.integrity_episode_gap_s)
+        if start is None:
+            return
+        detail = f" ({ev.detail})" if ev.detail else ""
+        self._alert(
+            ctx,
+            out,
+            AlertType.SPOOF_DEVICE_INTEGRITY,
+            start,
+            ev.ts_ms,
+            severity,
+            f"Device integrity: {INTEGRITY_TEXT[ev.kind]}{detail}.",
+            evidence(
+                rule="device_integrity",
+                kind=ev.kind,
+                detail=ev.detail or "",
+                reported_ms=ev.ts_ms,
+                episode_gap_s=self.p.integrity_episode_gap_s,
+            ),
+            ev.kind,
+        )
+
+    # ---- pings ----------------------------------------------------------------------------
+
+    def process(self, state: SpoofState, pings: list[Ping], ctx: Ctx, out: Result) -> None:
+        mock_first: Ping | None = None
+        mock_start = 0
+        mock_count = 0
+        for ping in pings:
+            if ping.received_ms:
+                self.observe_clock(state, ping, ctx, out)
+            if ping.is_mock:
+                start = self._episode(state, "mock", ping.ts_ms, self.p.episode_gap_s)
+                if start is not None:
+                    if mock_first is not None:  # a second episode inside one batch
+                        self._mock_alert(ctx, out, mock_first, mock_start, mock_count)
+                    mock_first, mock_start, mock_count = ping, start, 0
+                mock_count += 1
+                continue
+            self._static(state, ping, ctx, out)
+            self._constant_accuracy(state, ping, ctx, out)
+            if ping.accuracy_m > self.p.unknown_accuracy_m:
+                self._jumps(state, ping, ctx, out)
+        if mock_first is not None:
+            self._mock_alert(ctx, out, mock_first, mock_start, mock_count)
+
+    def _mock_alert(self, ctx: Ctx, out: Result, first: Ping, start: int, count: int) -> None:
+        self._alert(
+            ctx,
+            out,
+            AlertType.SPOOF_MOCK_FLAG,
+            start,
+            first.ts_ms,
+            Severity.CRITICAL,
+            f"The phone marked {count} location fix(es) as mock (fake GPS), "
+            f"first at {first.lat:.6f}, {first.lon:.6f}.",
+            evidence(
+                rule="mock_flag",
+                first_mock_ms=first.ts_ms,
+                first_mock_seq=first.seq,
+                first_mock_lat=first.lat,
+                first_mock_lon=first.lon,
+                mock_fixes_in_batch=count,
+                episode_gap_s=self.p.episode_gap_s,
+            ),
+        )
+
+    # ---- rule 7: clock --------------------------------------------------------------------
+
+    def observe_clock(self, state: SpoofState, ping: Ping, ctx: Ctx, out: Result) -> None:
+        """Clock-skew checks for one fix with a known gateway receive time."""
+        p = self.p
+        lag_ms = ping.received_ms - ping.ts_ms
+        if -lag_ms > p.clock_skew_s * 1000:
+            start = self._episode(state, "clock_ahead", ping.ts_ms, p.episode_gap_s)
+            if start is not None:
+                self._alert(
+                    ctx,
+                    out,
+                    AlertType.SPOOF_CLOCK_SKEW,
+                    start,
+                    ping.ts_ms,
+                    Severity.WARNING,
+                    f"The phone's clock is {-lag_ms / 1000:.0f} s ahead of the server: fix "
+                    f"stamped after it arrived.",
+                    evidence(
+                        rule="clock_ahead",
+                        fix_ts_ms=ping.ts_ms,
+                        received_ms=ping.received_ms,
+                        ahead_s=-lag_ms / 1000,
+                        threshold_s=p.clock_skew_s,
+                    ),
+                    "ahead",
+                )
+        if p.clock_behind_min_uploads <= 0:
+            return
+        up = state.upload
+        if up is None or ping.received_ms > up[0]:
+            if up is not None:
+                self._close_upload(state, up, ctx, out)
+            state.upload = [ping.received_ms, lag_ms]
+        elif ping.received_ms == up[0] and lag_ms < up[1]:
+            up[1] = lag_ms
+
+    def _close_upload(self, state: SpoofState, up: list[int], ctx: Ctx, out: Result) -> None:
+        """Extends or restarts the streak of live uploads whose freshest fix is too old."""
+        p = self.p
+        recv_ms, lag_ms = up
+        streak = state.behind  # [first_recv_ms, last_recv_ms, uploads, min_lag, max_lag]
+        if lag_ms <= p.clock_skew_s * 1000:
+            state.behind = None
+            return
+        if (
+            streak is None
+            or recv_ms - streak[1] > p.clock_behind_max_upload_gap_s * 1000
+            or max(streak[4], lag_ms) - min(streak[3], lag_ms) > p.clock_behind_max_spread_s * 1000
+        ):
+            state.behind = [recv_ms, recv_ms, 1, lag_ms, lag_ms]
+            return
+        streak[1] = recv_ms
+        streak[2] += 1
+        streak[3] = min(streak[3], lag_ms)
+        streak[4] = max(streak[4], lag_ms)
+        if (
+            streak[2] < p.clock_behind_min_uploads
+            or streak[1] - streak[0] < p.clock_behind_min_span_s * 1000
+        ):
+            return
+        freshest_ms = recv_ms - lag_ms
+        start = self._episode(state, "clock_behind", freshest_ms, p.episode_gap_s)
+        if start is None:
+            return
+        self._alert(
+            ctx,
+            out,
+            AlertType.SPOOF_CLOCK_SKEW,
+            start,
+            freshest_ms,
+            Severity.WARNING,
+            f"The phone's clock runs about {streak[3] / 1000:.0f} s behind the server: "
+            f"{streak[2]} live uploads in a row each carried only fixes that old.",
+            evidence(
+                rule="clock_behind",
+                uploads=streak[2],
+                first_upload_ms=streak[0],
+                last_upload_ms=streak[1],
+                min_lag_s=streak[3] / 1000,
+                max_lag_s=streak[4] / 1000,
+                threshold_s=p.clock_skew_s,
+                max_spread_s=p.clock_behind_max_spread_s,
+            ),
+            "behind",
+        )
+
+    # ---- rule 5: zero-jitter static -------------------------------------------------------
+
+    def _static(self, state: SpoofState, ping: Ping, ctx: Ctx, out: Result) -> None:
+        p = self.p
+        if ping.provider not in self.static_providers or ping.accuracy_m > p.static_max_accuracy_m:
+            return
+        run = state.static
+        if (
+            run is None
+            or ping.lat != run[2]
+            or ping.lon != run[3]
+            or ping.ts_ms - run[1] > p.static_max_gap_s * 1000
+        ):
+            state.static = [ping.ts_ms, ping.ts_ms, ping.lat, ping.lon, ping.accuracy_m, 1]
+            state.static_jump_m = 0.0
+            return
+        run[1] = ping.ts_ms
+        run[5] += 1
+        if run[4] != ping.accuracy_m:
+            run[4] = -1.0
+        if run[5] < p.static_min_fixes:
+            return
+        span_s = (run[1] - run[0]) / 1000
+        need_s = p.static_min_s if run[4] >= 0 else p.static_min_s_any_accuracy
+        if need_s <= 0 or span_s < need_s:
+            return
+        start = self._episode(state, "static", int(run[0]), p.episode_gap_s)
+        if start is None:
+            return
+        exc = state.excursion
+        if (
+            exc is not None
+            and exc["same"]
+            and exc["first"][LAT] == run[2]
+            and exc["first"][LON] == run[3]
+        ):
+            # The track jumped into this frozen spot: one alert, with the jump as evidence.
+            state.static_jump_m = _dist_m(
+                exc["origin"][LAT], exc["origin"][LON], exc["first"][LAT], exc["first"][LON]
+            )
+            state.excursion = None
+            state.anchor = [ping.ts_ms, ping.lat, ping.lon, ping.accuracy_m]
+            state.anchor_since_ms = int(run[0])
+        same_acc = run[4] >= 0
+        self._alert(
+            ctx,
+            out,
+            AlertType.SPOOF_STATIC,
+            start,
+            ping.ts_ms,
+            Severity.CRITICAL,
+            f"Position frozen to the last digit at {run[2]:.6f}, {run[3]:.6f} for "
+            f"{span_s / 60:.0f} min ({int(run[5])} GPS fixes"
+            f"{', identical accuracy' if same_acc else ''}): real GPS always jitters.",
+            evidence(
+                rule="static_zero_jitter",
+                lat=run[2],
+                lon=run[3],
+                first_ms=int(run[0]),
+                last_ms=int(run[1]),
+                fixes=int(run[5]),
+                span_s=span_s,
+                accuracy_m=run[4] if same_acc else "varies",
+                provider=ping.provider,
+                min_fixes=p.static_min_fixes,
+                min_s=need_s,
+                arrived_by_jump_m=state.static_jump_m,
+            ),
+        )
+
+    # ---- rule 6: constant accuracy on a perfect route -------------------------------------
+
+    def _constant_accuracy(self, state: SpoofState, ping: Ping, ctx: Ctx, out: Result) -> None:
+        p = self.p
+        run = state.acc_run
+        if run is None or run[0] != ping.accuracy_m:
+            run = state.acc_run = [ping.accuracy_m, 0, ping.ts_ms, 0, 0]
+        run[1] += 1
+        a, b = state.prev2, state.prev
+        if a is not None and b is not None and run[1] >= 3:
+            self._triple(run, a, b, ping)
+        state.prev2 = b
+        state.prev = [ping.ts_ms, ping.lat, ping.lon]
+        if (
+            run[1] < p.constant_accuracy_min_fixes
+            or run[3] < p.constant_accuracy_min_moving
+            or run[4] < p.constant_accuracy_perfect_frac * run[3]
+        ):
+            return
+        start = self._episode(state, "constant_accuracy", int(run[2]), p.episode_gap_s)
+        if start is None:
+            return
+        self._alert(
+            ctx,
+            out,
+            AlertType.SPOOF_CONSTANT_ACCURACY,
+            start,
+            ping.ts_ms,
+            Severity.WARNING,
+            f"{int(run[1])} fixes in a row report exactly {run[0]:g} m accuracy while moving on "
+            f"a geometrically perfect path ({int(run[4])} of {int(run[3])} steps perfectly "
+            f"straight at constant speed): typical of route-faking apps.",
+            evidence(
+                rule="constant_accuracy",
+                accuracy_m=run[0],
+                fixes=int(run[1]),
+                first_ms=int(run[2]),
+                last_ms=ping.ts_ms,
+                moving_steps=int(run[3]),
+                perfect_steps=int(run[4]),
+                min_fixes=p.constant_accuracy_min_fixes,
+                perfect_frac=p.constant_accuracy_perfect_frac,
+                line_tolerance_m=p.perfect_line_m,
+                speed_tolerance=p.perfect_speed_rel,
+            ),
+        )
+
+    def _triple(self, run: list[float], a: list[float], b: list[float], c: Ping) -> None:
+        """Counts a moving triple a-b-c and whether it is perfectly straight and even."""
+        kx = math.cos(b[1] * _DEG) * M_PER_DEG_LAT
+        x0, y0 = (a[2] - b[2]) * kx, (a[1] - b[1]) * M_PER_DEG_LAT
+        x2, y2 = (c.lon - b[2]) * kx, (c.lat - b[1]) * M_PER_DEG_LAT
+        s1, s2 = math.hypot(x0, y0), math.hypot(x2, y2)
+        dt1, dt2 = b[0] - a[0], c.ts_ms - b[0]
+        if s1 < 3.0 or s2 < 3.0 or dt1 <= 0 or dt2 <= 0:
+            return
+        run[3] += 1
+        chord = math.hypot(x2 - x0, y2 - y0)
+        if chord <= 0:
+            return
+        off_line = abs(x0 * y2 - x2 * y0) / chord  # distance of b from the line a-c
+        v1, v2 = s1 / dt1, s2 / dt2
+        if off_line < self.p.perfect_line_m and abs(v1 - v2) < self.p.perfect_speed_rel * max(
+            v1, v2
+        ):
+            run[4] += 1
+
+    # ---- rules 3 and 4: teleport, jump to a customer and back -----------------------------
+
+    def _impossible(self, a: list[float], a_since: float, b: Ping) -> float:
+        """Implied speed (m/s) granting both accuracies; dt from when `a` was first seen."""
+        d = _dist_m(a[LAT], a[LON], b.lat, b.lon) - a[ACC] - b.accuracy_m
+        if d <= 0:
+            return 0.0
+        dt_s = max(1.0, (b.ts_ms - a_since) / 1000)
+        return d / dt_s
+
+    def _jumps(self, state: SpoofState, ping: Ping, ctx: Ctx, out: Result) -> None:
+        p = self.p
+        exc = state.excursion
+        if exc is not None and self._continue_excursion(state, exc, ping, ctx, out):
+            return
+        anchor = state.anchor
+        fix = [ping.ts_ms, ping.lat, ping.lon, ping.accuracy_m]
+        if anchor is None:
+            state.anchor, state.anchor_since_ms = fix, ping.ts_ms
+            return
+        d = _dist_m(anchor[LAT], anchor[LON], ping.lat, ping.lon)
+        if d <= p.stale_eps_m:  # frozen/cached position: keep when it was first seen
+            state.anchor = fix
+            return
+        if (
+            d > min(p.jump_back_min_m, p.teleport_min_m)
+            and self._impossible(anchor, state.anchor_since_ms, ping) > p.teleport_speed_mps
+        ):
+            state.excursion = {
+                "origin": anchor,
+                "origin_since": state.anchor_since_ms,
+                "first": fix,
+                "last": fix,
+                "n": 1,
+                "same": True,
+                "last_since": ping.ts_ms,
+            }
+            return
+        state.anchor, state.anchor_since_ms = fix, ping.ts_ms
+
+    def _continue_excursion(
+        self, state: SpoofState, exc: dict[str, Any], ping: Ping, ctx: Ctx, out: Result
+    ) -> bool:
+        """Feeds a fix to a pending excursion; True when the fix was consumed by it."""
+        p = self.p
+        origin, first, last = exc["origin"], exc["first"], exc["last"]
+        out_m = _dist_m(origin[LAT], origin[LON], first[LAT], first[LON])
+        fix = [ping.ts_ms, ping.lat, ping.lon, ping.accuracy_m]
+        # The return leg is timed from the last jumped fix: landing back near the origin is
+        # evidence enough that the jumped fixes were not a frozen-then-fresh artefact.
+        back_fast = self._impossible(last, last[TS], ping) > p.teleport_speed_mps
+        home_m = _dist_m(origin[LAT], origin[LON], ping.lat, ping.lon)
+        if back_fast and home_m <= p.jump_back_return_frac * out_m:
+            # Came back to where it left: a jump-back (at a customer) or an out-and-back jump.
+            away_s = (last[TS] - first[TS]) / 1000
+            customer = self._customer_at(ctx, first) or self._customer_at(ctx, last)
+            if away_s <= p.jump_back_max_s and customer is not None:
+                self._jump_back_alert(state, exc, out_m, away_s, customer, ping, ctx, out)
+            elif out_m > p.teleport_min_m:
+                self._teleport_alert(state, exc, out_m, ctx, out, returned_ms=ping.ts_ms)
+            state.excursion = None
+            state.anchor, state.anchor_since_ms = fix, ping.ts_ms
+            return True
+        if not back_fast:
+            # Stays at the new place: keep waiting while a jump-back is still possible.
+            if _dist_m(last[LAT], last[LON], ping.lat, ping.lon) > p.stale_eps_m:
+                exc["last_since"] = ping.ts_ms
+            if ping.lat != first[LAT] or ping.lon != first[LON]:
+                exc["same"] = False
+            exc["last"] = fix
+            exc["n"] += 1
+            # A frozen landing spot is left to the static rule, which reports the jump with it.
+            if exc["same"] or (ping.ts_ms - first[TS]) / 1000 <= p.jump_back_max_s:
+                return True
+            if out_m > p.teleport_min_m:
+                self._teleport_alert(state, exc, out_m, ctx, out, returned_ms=0)
+            state.excursion = None
+            state.anchor, state.anchor_since_ms = fix, exc["last_since"]
+            return True
+        # Jumped on to a third place: the first jump stands on its own; judge this fix afresh.
+        if out_m > p.teleport_min_m:
+            self._teleport_alert(state, exc, out_m, ctx, out, returned_ms=0)
+        state.excursion = None
+        state.anchor, state.anchor_since_ms = last, exc["last_since"]
+        return False
+
+    def _customer_at(self, ctx: Ctx, fix: list[float]) -> tuple[Any, float] | None:
+        hits = ctx.ref.customers.within(
+            fix[LAT], fix[LON], self.p.jump_back_customer_extra_m, org_id=ctx.org_id
+        )
+        return hits[0] if hits else None
+
+    def _teleport_alert(
+        self,
+        state: SpoofState,
+        exc: dict[str, Any],
+        out_m: float,
+        ctx: Ctx,
+        out: Result,
+        returned_ms: int,
+    ) -> None:
+        origin, first = exc["origin"], exc["first"]
+        start = self._episode(state, "teleport", int(first[TS]), self.p.episode_gap_s)
+        if start is None:
+            return
+        dt_s = max(1.0, (first[TS] - exc["origin_since"]) / 1000)
+        speed = (out_m - origin[ACC] - first[ACC]) / dt_s
+        self._alert(
+            ctx,
+            out,
+            AlertType.SPOOF_TELEPORT,
+            start,
+            int(first[TS]),
+            Severity.CRITICAL,
+            f"Impossible jump of {out_m / 1000:.1f} km in {dt_s:.0f} s "
+            f"({speed * 3.6:.0f} km/h even granting both accuracies).",
+            evidence(
+                rule="teleport",
+                from_ms=int(origin[TS]),
+                from_lat=origin[LAT],
+                from_lon=origin[LON],
+                from_accuracy_m=origin[ACC],
+                to_ms=int(first[TS]),
+                to_lat=first[LAT],
+                to_lon=first[LON],
+                to_accuracy_m=first[ACC],
+                distance_m=out_m,
+                dt_s=dt_s,
+                implied_speed_mps=speed,
+                came_back_ms=returned_ms,
+                speed_threshold_mps=self.p.teleport_speed_mps,
+                min_distance_m=self.p.teleport_min_m,
+            ),
+        )
+
+    def _jump_back_alert(
+        self,
+        state: SpoofState,
+        exc: dict[str, Any],
+        out_m: float,
+        away_s: float,
+        customer: tuple[Any, float],
+        back: Ping,
+        ctx: Ctx,
+        out: Result,
+    ) -> None:
+        origin, first = exc["origin"], exc["first"]
+        start = self._episode(state, "jump_back", int(first[TS]), self.p.episode_gap_s)
+        if start is None:
+            return
+        cust, cust_m = customer
+        self._alert(
+            ctx,
+            out,
+            AlertType.SPOOF_JUMP_BACK,
+            start,
+            back.ts_ms,
+            Severity.CRITICAL,
+            f"Location jumped {out_m / 1000:.1f} km to customer {cust.name} "
+            f"({cust.customer_id}) for {away_s:.0f} s and straight back.",
+            evidence(
+                rule="jump_back",
+                customer_id=cust.customer_id,
+                customer_distance_m=cust_m,
+                left_ms=int(origin[TS]),
+                left_lat=origin[LAT],
+                left_lon=origin[LON],
+                jump_ms=int(first[TS]),
+                jump_lat=first[LAT],
+                jump_lon=first[LON],
+                jump_accuracy_m=first[ACC],
+                jumped_fixes=int(exc["n"]),
+                back_ms=back.ts_ms,
+                back_lat=back.lat,
+                back_lon=back.lon,
+                distance_m=out_m,
+                away_s=away_s,
+                max_away_s=self.p.jump_back_max_s,
+                speed_threshold_mps=self.p.teleport_speed_mps,
+                min_distance_m=self.p.jump_back_min_m,
+            ),
+        )
