@@ -39,6 +39,9 @@ class DeviceBatch:
     pings: list[Ping] = field(default_factory=list)
     states: list[DeviceState] = field(default_factory=list)
     received_ms: int = 0
+    # Pings the edge rejected as stamped in the future: never stored, but they are the
+    # evidence of a phone clock running ahead (spoof detection's clock-skew rule).
+    future_pings: list[Ping] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -109,6 +112,8 @@ class Topology:
                 continue
             self.spoof.on_device_state(state.spoof, ev, ctx, out)
             self.contact.on_device_state(state.contact, ev, ctx, out)
+        for ping in batch.future_pings:
+            self.spoof.observe_clock(state.spoof, ping, ctx, out)
         if batch.pings:
             in_order, late = self.validator.process(state.validate, batch.pings, ctx, out)
             self._downstream(state, in_order, late, ctx, out)

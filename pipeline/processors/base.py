@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from pipeline.events import Alert, DeadLetter, Dwell, FenceEvent, Ping, TrackPoint, Visit
+from pipeline.events import Alert, DeadLetter, Dwell, FenceEvent, TrackPoint, Visit
 from pipeline.reference import ReferenceData, Schedule
 
 
@@ -34,7 +34,6 @@ class Ctx:
 class Result:
     """Everything one call of the topology produced for one device."""
 
-    raw_pings: list[Ping] = field(default_factory=list)  # accepted input, for the raw table
     track_points: list[TrackPoint] = field(default_factory=list)
     dwells: list[Dwell] = field(default_factory=list)
     visits: list[Visit] = field(default_factory=list)
@@ -45,7 +44,6 @@ class Result:
     counters: Counter[str] = field(default_factory=Counter)
 
     def extend(self, other: Result) -> None:
-        self.raw_pings.extend(other.raw_pings)
         self.track_points.extend(other.track_points)
         self.dwells.extend(other.dwells)
         self.visits.extend(other.visits)
