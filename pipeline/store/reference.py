@@ -97,15 +97,16 @@ def load_customers(store: Store) -> list[Customer]:
     return [Customer(*row) for row in rows]
 
 
-def load_fences(store: Store) -> list[Any]:
+def load_fences(store: Store) -> FenceIndex:
+    """The fence index, with each fence's `assigned` devices (who has it as their post)."""
     rows = store.query(f"SELECT org_id, geojson FROM {store.database}.fences FINAL").rows
-    return [fence_from_geojson(json.loads(geojson), org) for org, geojson in rows]
+    return FenceIndex.from_features((org, json.loads(geojson)) for org, geojson in rows)
 
 
 def load_reference(store: Store, registry: DeviceRegistry | None = None) -> ReferenceData:
     registry = registry or DeviceRegistry(load_devices(store))
     return ReferenceData(
         customers=CustomerIndex(load_customers(store)),
-        fences=FenceIndex(load_fences(store)),
+        fences=load_fences(store),
         schedules=registry.schedules(),
     )
