@@ -108,7 +108,9 @@ class Settings:
     def sections(self) -> dict[str, Any]:
         """Every section by its config name (processor sections are top-level names)."""
         out: dict[str, Any] = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "processors"
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "processors"
         }
         for f in dataclasses.fields(self.processors):
             out[f.name] = getattr(self.processors, f.name)

@@ -113,7 +113,9 @@ class EmbeddedPipeline:
 
     def process_batch(self, batch: DeviceBatch, accepted_at: float | None = None) -> Result:
         key = (batch.org_id, batch.device_id)
-        ctx = self.topology.context(self.reference, batch.org_id, batch.device_id, batch.received_ms)
+        ctx = self.topology.context(
+            self.reference, batch.org_id, batch.device_id, batch.received_ms
+        )
         result = self.topology.process(self._state(key), batch, ctx)
         self.sink.submit(result, accepted_at)
         return result
@@ -179,8 +181,6 @@ class EmbeddedPipeline:
             self.states[(item["org_id"], item["device_id"])] = PipelineState.from_dict(
                 item["state"]
             )
-        log.info(
-            "restored %d device states in %.2fs", len(self.states), time.monotonic() - started
-        )
+        log.info("restored %d device states in %.2fs", len(self.states), time.monotonic() - started)
         self.metrics.devices.set(len(self.states))
         return len(self.states)

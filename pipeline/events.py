@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from enum import Enum, IntFlag
+from enum import IntFlag, StrEnum
 from typing import Any
 
 
@@ -22,13 +22,13 @@ def make_id(*parts: object) -> str:
     return hashlib.blake2b(key, digest_size=8).hexdigest()
 
 
-class Provider(str, Enum):
+class Provider(StrEnum):
     GPS = "gps"
     NETWORK = "network"
     FUSED = "fused"
 
 
-class DeviceStateKind(str, Enum):
+class DeviceStateKind(StrEnum):
     BOOT = "boot"
     SHUTDOWN = "shutdown"
     APP_START = "app_start"
@@ -125,7 +125,7 @@ class TrackPoint:
         return make_id(self.org_id, self.device_id, "tp", self.seq, self.ts_ms)
 
 
-class DwellStatus(str, Enum):
+class DwellStatus(StrEnum):
     OPEN = "open"
     CLOSED = "closed"
 
@@ -183,7 +183,7 @@ class FenceEvent:
     accuracy_m: float
 
 
-class AlertType(str, Enum):
+class AlertType(StrEnum):
     SPOOF_MOCK_FLAG = "spoof_mock_flag"
     SPOOF_DEVICE_INTEGRITY = "spoof_device_integrity"  # mock app / dev mode / root / emulator
     SPOOF_TELEPORT = "spoof_teleport"
@@ -200,7 +200,7 @@ class AlertType(str, Enum):
 SPOOF_ALERT_TYPES = frozenset(a.value for a in AlertType if a.value.startswith("spoof_"))
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     INFO = "info"
     WARNING = "warning"
     CRITICAL = "critical"
@@ -244,7 +244,7 @@ def evidence(**values: Any) -> dict[str, str]:
     return out
 
 
-class ContactReason(str, Enum):
+class ContactReason(StrEnum):
     """Why a phone went silent, inferred from its last device states and what came after."""
 
     POWERED_OFF = "powered_off"

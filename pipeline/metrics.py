@@ -40,7 +40,9 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "fieldtrack_http_requests", "HTTP requests by route and status", ["route", "status"],
+            "fieldtrack_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
             registry=r,
         )
         self.records = Counter(
@@ -51,16 +53,22 @@ class Metrics:
             registry=r,
         )
         self.request_seconds = Histogram(
-            "fieldtrack_request_seconds", "Gateway request handling time (incl. durable write)",
-            ["route"], buckets=_LATENCY_BUCKETS, registry=r,
+            "fieldtrack_request_seconds",
+            "Gateway request handling time (incl. durable write)",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.store_latency = Histogram(
             "fieldtrack_gateway_to_store_seconds",
             "From gateway receive to the derived track points being written to the store",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.store_rows = Counter(
-            "fieldtrack_store_rows", "Rows inserted into the store by table", ["table"],
+            "fieldtrack_store_rows",
+            "Rows inserted into the store by table",
+            ["table"],
             registry=r,
         )
         self.store_errors = Counter(
@@ -76,7 +84,9 @@ class Metrics:
             "fieldtrack_facts", "Facts derived by the topology by kind", ["kind"], registry=r
         )
         self.topology_counters = Counter(
-            "fieldtrack_topology_events", "Topology counters (duplicate, late, outlier, ...)",
-            ["name"], registry=r,
+            "fieldtrack_topology_events",
+            "Topology counters (duplicate, late, outlier, ...)",
+            ["name"],
+            registry=r,
         )
         self.latency_sample = LatencyReservoir()

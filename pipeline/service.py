@@ -160,7 +160,9 @@ class EmbeddedService:
     async def _admin_add_device(self, spec: dict[str, Any]) -> dict[str, Any]:
         schedule = Schedule.parse(spec["schedule"]) if spec.get("schedule") else None
         org_id = str(spec.get("org_id") or self.settings.gateway.default_org)
-        token = await self.add_device(org_id, str(spec["device_id"]), spec.get("name", ""), schedule)
+        token = await self.add_device(
+            org_id, str(spec["device_id"]), spec.get("name", ""), schedule
+        )
         return {"org_id": org_id, "device_id": spec["device_id"], "token": token}
 
     def _write_instance_file(self) -> None:

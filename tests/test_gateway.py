@@ -6,17 +6,16 @@ import datetime as dt
 import json
 import time
 from collections.abc import AsyncIterator
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
-from zoneinfo import ZoneInfo
 
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
 from pipeline.reference.models import Schedule
 from pipeline.service import EmbeddedService
 from pipeline.store.client import Store
-
 
 
 def _recent_wednesday_10am() -> int:
@@ -92,9 +91,10 @@ async def test_good_and_bad_records_in_one_batch(
     # 202 means durable: the accepted pings are in the raw table already
     assert await count(service, f"SELECT count() FROM {db}.raw_pings FINAL") == 2
     assert await count(service, f"SELECT count() FROM {db}.dead_letters FINAL") == 5
-    assert await count(
-        service, f"SELECT count() FROM {db}.dead_letters WHERE device_id = 'rep-1'"
-    ) == 5
+    assert (
+        await count(service, f"SELECT count() FROM {db}.dead_letters WHERE device_id = 'rep-1'")
+        == 5
+    )
 
 
 async def test_malformed_body_is_400_and_dead_lettered(
@@ -169,7 +169,9 @@ async def test_device_states_and_processing(
     assert await count(service, f"SELECT count() FROM {db}.track_points FINAL") == 10
 
 
-async def test_health_metrics_and_admin(service: EmbeddedService, http: aiohttp.ClientSession) -> None:
+async def test_health_metrics_and_admin(
+    service: EmbeddedService, http: aiohttp.ClientSession
+) -> None:
     async with http.get("/healthz") as r:
         assert r.status == 200
         assert (await r.json())["status"] == "ok"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from pipeline.config import StoreSettings
 from pipeline.events import (
     Alert,
@@ -96,9 +98,7 @@ def test_closed_dwell_replaces_open_one(store: Store) -> None:
 
 
 def test_readonly_query_refuses_writes(store: Store) -> None:
-    import pytest
-
-    with pytest.raises(Exception, match="(?i)readonly"):
+    with pytest.raises(Exception, match=r"(?i)readonly"):
         store.query(f"INSERT INTO {store.database}.visits (id) VALUES ('x')", readonly=True)
 
 
@@ -107,6 +107,9 @@ def test_cluster_ddl_uses_replicated_engines() -> None:
     assert ddl[0] == "CREATE DATABASE IF NOT EXISTS ft ON CLUSTER main"
     assert all("ON CLUSTER main" in s for s in ddl)
     dwells = next(s for s in ddl if "ft.dwells" in s)
-    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/ft/dwells', '{replica}', version)" in dwells
+    assert (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/ft/dwells', '{replica}', version)"
+        in dwells
+    )
     single = render_ddl(StoreSettings(database="ft"))
     assert not any("Replicated" in s or "${" in s for s in single)

@@ -130,7 +130,9 @@ class Gateway:
             return _error(413, f"request body larger than {self.settings.max_body_bytes} bytes")
         received_ms = self.clock.now_ms()
         try:
-            pings, states, errors = self._decode(request.content_type, body, kind, device, received_ms)
+            pings, states, errors = self._decode(
+                request.content_type, body, kind, device, received_ms
+            )
         except codec.BodyError as exc:
             await self._dead_letter_body(device, received_ms, str(exc), body)
             return _error(400, str(exc))
@@ -146,9 +148,7 @@ class Gateway:
         good = [i for i in range(total) if i not in bad]
         indexed_pings = list(zip(good, pings, strict=False))
         indexed_states = list(zip(good, states, strict=False))
-        screened = self.screener.screen(
-            device, received_ms, indexed_pings, indexed_states, errors
-        )
+        screened = self.screener.screen(device, received_ms, indexed_pings, indexed_states, errors)
         accepted = len(screened.batch.pings) + len(screened.batch.states)
         try:
             await asyncio.wait_for(
@@ -194,7 +194,9 @@ class Gateway:
         letter = dead_letter(device, received_ms, "gateway", reason, body[:65536])
         try:
             await self.sink.ingest(
-                DeviceBatch(device.org_id, device.device_id, received_ms=received_ms), [letter], time.monotonic()
+                DeviceBatch(device.org_id, device.device_id, received_ms=received_ms),
+                [letter],
+                time.monotonic(),
             )
         except IngestUnavailable:
             log.warning("could not keep a dead letter for a malformed body: %s", reason)

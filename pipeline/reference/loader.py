@@ -54,7 +54,9 @@ def customers_from_csv(text: str, org_id: str) -> list[Customer]:
     out = []
     for n, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         where = f"line {n}"
-        out.append(_customer(row, org_id, where, _float(row, "lat", where), _float(row, "lon", where)))
+        out.append(
+            _customer(row, org_id, where, _float(row, "lat", where), _float(row, "lon", where))
+        )
     return out
 
 

@@ -29,8 +29,10 @@ def rep_summaries(store: Store, org_id: str, start_ms: int, end_ms: int) -> list
     """Per device between start and end (event time): the figures a manager looks at first."""
     db = store.database
     params = {"org": org_id, "start": start_ms / 1000.0, "end": end_ms / 1000.0}
-    window = "org_id = {org:String} AND ts >= toDateTime64({start:Float64}, 3) " \
-             "AND ts < toDateTime64({end:Float64}, 3)"
+    window = (
+        "org_id = {org:String} AND ts >= toDateTime64({start:Float64}, 3) "
+        "AND ts < toDateTime64({end:Float64}, 3)"
+    )
     reps: dict[str, RepSummary] = {}
 
     def rep(device_id: str) -> RepSummary:

@@ -128,9 +128,9 @@ class Sink:
             marks: list[tuple[float, int]] = []
             for table in list(self._oldest):
                 rows = self._buffers[table]
-                if only_due and len(rows) < self.settings.batch_rows:
-                    if now - self._oldest[table] < age:
-                        continue
+                young = now - self._oldest[table] < age
+                if only_due and len(rows) < self.settings.batch_rows and young:
+                    continue
                 self._buffers[table], started = [], self._oldest.pop(table)
                 table_marks: list[tuple[float, int]] = []
                 if table == "track_points":
