@@ -57,7 +57,7 @@ class StoreSettings:
     database: str = "fieldtrack"
     batch_rows: int = 20000  # flush a table's buffer at this many rows ...
     flush_interval_ms: int = 250  # ... or when its oldest row is this old
-    durable_flush_ms: int = 10  # group-commit window for raw input the gateway waits on
+    durable_flush_ms: int = 5  # group-commit window for raw input the gateway waits on
     raw_ttl_days: int = 90  # raw pings are deleted after this many days (ClickHouse TTL)
     cluster: str = ""  # ClickHouse cluster name: DDL gets ON CLUSTER and Replicated engines
 

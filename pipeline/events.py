@@ -167,6 +167,9 @@ class Visit:
     minutes: float
     distance_m: float  # dwell centre to customer location
     customer_grade: str = ""
+    # False when an anti-cheat episode overlaps the visit: a manager must not count it.
+    verified: bool = True
+    suspect_alerts: str = ""  # comma-separated alert types behind verified=False
 
 
 @dataclass(slots=True)

@@ -130,7 +130,9 @@ class Topology:
             self._downstream(state, released, [], ctx, out)
         self.contact.tick(state.contact, ctx, out)
         self.fences.tick(state.fences, ctx, out)
+        visits_before = len(out.visits)
         self.dwell.tick(state.dwell, ctx, out, final=final)
+        self._verify_visits(state, out, visits_before)
         return out
 
     def _downstream(
@@ -150,5 +152,15 @@ class Topology:
         out.track_points.extend(points)
         good = [p for p in points if not p.flags & TrackFlag.OUTLIER]
         if good:
+            visits_before = len(out.visits)
             self.dwell.process(state.dwell, good, ctx, out)
+            self._verify_visits(state, out, visits_before)
             self.fences.process(state.fences, good, ctx, out)
+
+    def _verify_visits(self, state: PipelineState, out: Result, first: int) -> None:
+        """A visit overlapping an anti-cheat episode is stored, but not as verified."""
+        for visit in out.visits[first:]:
+            suspect = self.spoof.suspect_alerts(state.spoof, visit.arrive_ms, visit.leave_ms)
+            if suspect:
+                visit.verified = False
+                visit.suspect_alerts = ",".join(suspect)

@@ -69,6 +69,12 @@ Rules and their parameters (`SpoofParams`, defaults in brackets):
 Common: `episode_gap_s` [1800 s] ends an episode of rules 1, 3-7 after that much event time
 without the condition.
 
+Visit verification: `suspect_alerts(state, arrive, leave)` names the episodes (mock flag, mock
+app, emulator, static, teleport, jump back) overlapping a visit, give or take `visit_margin_s`
+[600 s]; the topology then stores the visit with verified=False and those alert types, so a
+fake visit never counts as verified. Warnings about the phone (root, developer mode, clock
+skew, constant accuracy) do not unverify a visit.
+
 Replayed tracks (yesterday's track with shifted times) are not detected here: it needs a
 bounded fingerprint of past days (sampled k-grams of exact coordinates with their times),
 which does not fit the per-device state budget next to the other processors, and an alert type
@@ -102,6 +108,16 @@ INTEGRITY_SEVERITY: dict[str, str] = {
     DeviceStateKind.ROOTED.value: Severity.WARNING.value,
     DeviceStateKind.DEVELOPER_MODE_ON.value: Severity.WARNING.value,
 }
+# Episode keys whose overlap with a visit means the visit is not verified, and the alert type
+# the manager sees for each.
+VISIT_INVALIDATING: dict[str, str] = {
+    "mock": AlertType.SPOOF_MOCK_FLAG.value,
+    "static": AlertType.SPOOF_STATIC.value,
+    "teleport": AlertType.SPOOF_TELEPORT.value,
+    "jump_back": AlertType.SPOOF_JUMP_BACK.value,
+    f"integrity:{DeviceStateKind.MOCK_APP_DETECTED.value}": AlertType.SPOOF_DEVICE_INTEGRITY.value,
+    f"integrity:{DeviceStateKind.EMULATOR.value}": AlertType.SPOOF_DEVICE_INTEGRITY.value,
+}
 INTEGRITY_TEXT: dict[str, str] = {
     DeviceStateKind.MOCK_APP_DETECTED.value: "a mock-location app was detected on the phone",
     DeviceStateKind.EMULATOR.value: "the app is running on an emulator, not a phone",
@@ -119,6 +135,7 @@ class SpoofParams:
 
     episode_gap_s: float = 1800.0
     integrity_episode_gap_s: float = 43200.0
+    visit_margin_s: float = 600.0
     teleport_speed_mps: float = 100.0
     teleport_min_m: float = 2000.0
     unknown_accuracy_m: float = 0.0
@@ -221,6 +238,21 @@ class SpoofDetector:
             )
         )
         out.counters[f"alert_{kind.value}"] += 1
+
+    # ---- visit verification ---------------------------------------------------------------
+
+    def suspect_alerts(self, state: SpoofState, start_ms: int, end_ms: int) -> list[str]:
+        """Alert types of anti-cheat episodes that overlap [start_ms, end_ms] (give or take
+        `visit_margin_s`): a visit during one is not verified. Rooted phones, developer mode,
+        clock skew and constant accuracy are warnings about the phone, not proof that the
+        position was fake, so they do not unverify a visit."""
+        margin = int(self.p.visit_margin_s * 1000)
+        found = []
+        for key, (first, last) in state.episodes.items():
+            alert_type = VISIT_INVALIDATING.get(key)
+            if alert_type and first <= end_ms + margin and last >= start_ms - margin:
+                found.append(alert_type)
+        return sorted(set(found))
 
     # ---- device states --------------------------------------------------------------------
 

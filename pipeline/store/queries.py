@@ -15,8 +15,9 @@ from pipeline.store.client import Store
 class RepSummary:
     device_id: str
     km: float = 0.0
-    visits: int = 0
+    visits: int = 0  # verified visits only
     customers: int = 0
+    unverified_visits: int = 0  # visits overlapping an anti-cheat episode
     minutes_at_customers: float = 0.0
     fence_entries: int = 0
     fence_exits: int = 0
@@ -44,13 +45,15 @@ def rep_summaries(store: Store, org_id: str, start_ms: int, end_ms: int) -> list
         params,
     ).rows:
         rep(device_id).km = float(km)
-    for device_id, n, customers, minutes in store.query(
-        f"SELECT device_id, count(), uniqExact(customer_id), sum(minutes) "
+    for device_id, n, customers, minutes, unverified in store.query(
+        f"SELECT device_id, countIf(verified), uniqExactIf(customer_id, verified), "
+        f"sumIf(minutes, verified), countIf(NOT verified) "
         f"FROM {db}.visits FINAL WHERE {window.replace('ts', 'arrive')} GROUP BY device_id",
         params,
     ).rows:
         r = rep(device_id)
         r.visits, r.customers, r.minutes_at_customers = int(n), int(customers), float(minutes)
+        r.unverified_visits = int(unverified)
     for device_id, entries, exits in store.query(
         f"SELECT device_id, countIf(transition = 'enter'), countIf(transition = 'exit') "
         f"FROM {db}.fence_events FINAL WHERE {window} GROUP BY device_id",

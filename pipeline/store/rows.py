@@ -117,6 +117,8 @@ def _visits(rows: Sequence[Visit]) -> list[list[Any]]:
         [v.minutes for v in rows],
         [v.distance_m for v in rows],
         [v.customer_grade for v in rows],
+        [v.verified for v in rows],
+        [v.suspect_alerts for v in rows],
     ]
 
 
@@ -196,7 +198,7 @@ TABLES: dict[str, TableSpec] = {
             "visits",
             (
                 "id", "org_id", "device_id", "customer_id", "dwell_id", "arrive", "leave",
-                "minutes", "distance_m", "customer_grade",
+                "minutes", "distance_m", "customer_grade", "verified", "suspect_alerts",
             ),
             _visits,
         ),

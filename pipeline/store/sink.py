@@ -97,13 +97,17 @@ class Sink:
 
     # -- derived facts --------------------------------------------------------------------
 
+    def submit_rows(self, table: str, rows: Sequence[Any]) -> None:
+        """Buffer rows for the next batched insert (no durability promise until flushed)."""
+        if rows:
+            self._buffers[table].extend(rows)
+            self._oldest.setdefault(table, time.monotonic())
+
     def submit(self, result: Result, accepted_at: float | None = None) -> None:
-        now = time.monotonic()
         for attr, table in RESULT_TABLES:
             rows = getattr(result, attr)
             if rows:
-                self._buffers[table].extend(rows)
-                self._oldest.setdefault(table, now)
+                self.submit_rows(table, rows)
                 self.metrics.facts.labels(table).inc(len(rows))
         if accepted_at is not None and result.track_points:
             self._latency_marks.append((accepted_at, len(result.track_points)))

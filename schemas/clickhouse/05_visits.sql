@@ -10,7 +10,9 @@ CREATE TABLE IF NOT EXISTS ${DB}.visits ${ON_CLUSTER}
     leave           DateTime64(3, 'UTC'),
     minutes         Float32,
     distance_m      Float32,
-    customer_grade  LowCardinality(String)
+    customer_grade  LowCardinality(String),
+    verified        Bool COMMENT 'false when an anti-cheat episode overlaps the visit',
+    suspect_alerts  String COMMENT 'alert types behind verified = false'
 )
 ENGINE = ${REPLACING}
 PARTITION BY toDate(arrive)
