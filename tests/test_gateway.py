@@ -216,3 +216,74 @@ async def test_store_failure_answers_503_and_claims_nothing(
     async with http.post("/v1/pings", json=[ping(1)],
                          headers={"Authorization": f"Bearer {token}"}) as r:  # fmt: skip
         assert r.status == 202  # the phone's retry succeeds once the store is back
+
+
+async def test_avro_batch_body(service: EmbeddedService, http: aiohttp.ClientSession) -> None:
+    from pipeline import codec
+    from pipeline.events import Ping
+
+    token = await service.add_device("acme", "rep-20")
+    pings = [Ping("acme", "rep-20", i, NOW - 60_000 + i * 5000, 52.52, 13.405, 6.0)
+             for i in range(1, 6)]  # fmt: skip
+    body = codec.encode_ping_batch("acme", "rep-20", 0, pings)
+    headers = {"Authorization": f"Bearer {token}",
+               "Content-Type": "application/vnd.fieldtrack.avro"}  # fmt: skip
+    async with http.post("/v1/pings", data=body, headers=headers) as r:
+        assert r.status == 202, await r.text()
+        assert (await r.json())["accepted"] == 5
+    async with http.post("/v1/pings", data=b"\x00\x00\x00\x00\x09junk", headers=headers) as r:
+        assert r.status == 400
+
+
+async def test_traccar_client_osmand_protocol(
+    service: EmbeddedService, http: aiohttp.ClientSession
+) -> None:
+    token = await service.add_device("acme", "phone-osmand")
+    params = {"id": token, "timestamp": str(NOW // 1000 - 30), "lat": "52.52", "lon": "13.405",
+              "speed": "10", "bearing": "90", "accuracy": "7", "batt": "81"}  # fmt: skip
+    async with http.get("/osmand", params=params) as r:
+        assert r.status == 200, await r.text()
+    traccar9 = {
+        "device_id": token,
+        "location": {
+            "timestamp": dt.datetime.fromtimestamp(NOW / 1000 - 20, dt.UTC).isoformat(),
+            "coords": {"latitude": 52.5201, "longitude": 13.405, "accuracy": 5, "speed": 3.0,
+                       "heading": 180, "altitude": 40},
+            "battery": {"level": 0.8, "is_charging": False},
+        },
+    }  # fmt: skip
+    async with http.post("/osmand", json=traccar9) as r:
+        assert r.status == 200, await r.text()
+    async with http.get("/osmand", params={**params, "id": "nobody"}) as r:
+        assert r.status == 401
+    async with http.get("/osmand", params={"id": token, "lat": "52.5"}) as r:
+        assert r.status == 400
+    db = service.settings.store.database
+    rows = service.store.query(  # type: ignore[union-attr]
+        f"SELECT round(toFloat64(speed_mps), 2), battery_pct FROM {db}.raw_pings FINAL "
+        f"WHERE device_id = 'phone-osmand' ORDER BY ts"
+    ).rows
+    assert rows == [(5.14, 81.0), (3.0, 80.0)]  # knots from the query form, m/s from JSON
+
+
+async def test_owntracks_http_mode(service: EmbeddedService, http: aiohttp.ClientSession) -> None:
+    token = await service.add_device("acme", "phone-ot")
+    auth = {"Authorization": aiohttp.encode_basic_auth("jane", token)}
+    location = {"_type": "location", "lat": 52.52, "lon": 13.405, "tst": NOW // 1000 - 10,
+                "acc": 12, "vel": 36, "batt": 55, "tid": "JJ"}  # fmt: skip
+    async with http.post("/owntracks", json=location, headers=auth) as r:
+        assert r.status == 200
+        assert await r.json() == []
+    async with http.post("/owntracks", json={"_type": "lwt", "tst": 1}, headers=auth) as r:
+        assert r.status == 200
+    async with http.post(
+        "/owntracks",
+        json=location,
+        headers={"Authorization": aiohttp.encode_basic_auth("jane", "x")},
+    ) as r:
+        assert r.status == 401
+    db = service.settings.store.database
+    rows = service.store.query(  # type: ignore[union-attr]
+        f"SELECT speed_mps, accuracy_m FROM {db}.raw_pings FINAL WHERE device_id = 'phone-ot'"
+    ).rows
+    assert rows == [(10.0, 12.0)]  # 36 km/h

@@ -3,6 +3,8 @@
 Routes
   POST /v1/pings           JSON array (or {"pings": [...]}) or an Avro PingBatch
   POST /v1/device-states   JSON array (or {"states": [...]}) or an Avro DeviceStateBatch
+  GET|POST /osmand         Traccar Client / OsmAnd protocol (identifier = device token)
+  POST /owntracks          OwnTracks HTTP mode (Basic auth, password = device token)
   GET  /healthz            liveness + what the instance serves
   GET  /metrics            Prometheus
   POST /v1/admin/query     read-only SQL for `fieldtrack query` (admin token)
@@ -31,6 +33,7 @@ from pipeline import codec
 from pipeline.clock import Clock
 from pipeline.config import GatewaySettings
 from pipeline.devices import DeviceInfo, DeviceRegistry
+from pipeline.gateway import protocols
 from pipeline.ingest import IngestSink, IngestUnavailable, Screener, dead_letter
 from pipeline.metrics import Metrics
 from pipeline.topology import DeviceBatch
@@ -86,6 +89,9 @@ class Gateway:
             [
                 web.post("/v1/pings", self.post_pings),
                 web.post("/v1/device-states", self.post_states),
+                web.get("/osmand", self.osmand),
+                web.post("/osmand", self.osmand),
+                web.post("/owntracks", self.owntracks),
                 web.get("/healthz", self.healthz),
                 web.get("/metrics", self.metrics_route),
                 web.post("/v1/admin/query", self.admin_query),
@@ -104,10 +110,7 @@ class Gateway:
 
     async def _ingest(self, request: web.Request, kind: str) -> web.Response:
         started = time.monotonic()
-        response = await self._ingest_inner(request, kind, started)
-        self.metrics.requests.labels(kind, str(response.status)).inc()
-        self.metrics.request_seconds.labels(kind).observe(time.monotonic() - started)
-        return response
+        return self._count(kind, started, await self._ingest_inner(request, kind, started))
 
     async def _ingest_inner(self, request: web.Request, kind: str, started: float) -> web.Response:
         token = _bearer(request)
@@ -136,14 +139,28 @@ class Gateway:
         except codec.BodyError as exc:
             await self._dead_letter_body(device, received_ms, str(exc), body)
             return _error(400, str(exc))
+        status, payload, headers = await self._accept(
+            device, kind, received_ms, pings, states, errors, started
+        )
+        return web.json_response(payload, status=status, headers=headers)
+
+    async def _accept(
+        self,
+        device: DeviceInfo,
+        kind: str,
+        received_ms: int,
+        pings: list[Any],
+        states: list[Any],
+        errors: list[codec.RecordError],
+        started: float,
+    ) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+        """Screen decoded records and hand them over; the answer every protocol shares."""
         total = len(pings) + len(states) + len(errors)
         if total == 0:
-            return _error(400, "empty batch: send at least one record")
+            return 400, {"error": "empty batch: send at least one record"}, None
         if total > self.settings.max_batch_records:
-            return _error(
-                413,
-                f"{total} records in one request; the limit is {self.settings.max_batch_records}",
-            )
+            limit = self.settings.max_batch_records
+            return 413, {"error": f"{total} records in one request; the limit is {limit}"}, None
         bad = {e.index for e in errors}
         good = [i for i in range(total) if i not in bad]
         indexed_pings = list(zip(good, pings, strict=False))
@@ -157,11 +174,8 @@ class Gateway:
             )
         except (IngestUnavailable, TimeoutError) as exc:
             log.warning("ingest unavailable: %s", exc)
-            return web.json_response(
-                {"error": "storage temporarily unavailable; nothing was accepted, retry later"},
-                status=503,
-                headers={"Retry-After": RETRY_AFTER_S},
-            )
+            error = "storage temporarily unavailable; nothing was accepted, retry later"
+            return 503, {"error": error}, {"Retry-After": RETRY_AFTER_S}
         record_kind = "ping" if kind == "pings" else "device_state"
         self.metrics.records.labels(record_kind, "accepted").inc(accepted)
         self.metrics.records.labels(record_kind, "rejected").inc(len(screened.rejected))
@@ -172,8 +186,8 @@ class Gateway:
             "dropped_outside_work_hours": screened.outside_hours,
         }
         if accepted == 0 and screened.rejected:
-            return web.json_response({"error": "no valid records", **payload}, status=422)
-        return web.json_response(payload, status=202)
+            return 422, {"error": "no valid records", **payload}, None
+        return 202, payload, None
 
     def _decode(
         self, content_type: str, body: bytes, kind: str, device: DeviceInfo, received_ms: int
@@ -200,6 +214,77 @@ class Gateway:
             )
         except IngestUnavailable:
             log.warning("could not keep a dead letter for a malformed body: %s", reason)
+
+    # -- tracker apps ---------------------------------------------------------------------
+
+    async def osmand(self, request: web.Request) -> web.Response:
+        """Traccar Client / OsmAnd: the app's device identifier is the device token."""
+        started = time.monotonic()
+        try:
+            params: dict[str, Any] = dict(request.query)
+            body: dict[str, Any] | None = None
+            if request.method == "POST" and request.content_type == "application/json":
+                body = await request.json()
+            elif request.method == "POST":
+                params.update(await request.post())
+            token = protocols.osmand_identity(params, body)
+            records = protocols.osmand_records(params, body)
+        except (ValueError, web.HTTPException) as exc:
+            return self._count("osmand", started, web.Response(status=400, text=f"{exc}\n"))
+        device = self.registry.authenticate(token) if token else None
+        if device is None:
+            response = web.Response(status=401, text="unknown device identifier\n")
+            return self._count("osmand", started, response)
+        status, payload, headers = await self._accept_records(device, records, started)
+        # Traccar Client retries anything but 200; a rejected fix must not be retried forever.
+        ok = status in (202, 422)
+        text = "OK\n" if ok else f"{payload.get('error', status)}\n"
+        return self._count(
+            "osmand",
+            started,
+            web.Response(status=200 if ok else status, text=text, headers=headers),
+        )
+
+    async def owntracks(self, request: web.Request) -> web.Response:
+        """OwnTracks HTTP mode: Basic auth, password = device token; answers a JSON array."""
+        started = time.monotonic()
+        token = protocols.basic_password(request.headers.get("Authorization", ""))
+        device = self.registry.authenticate(token) if token else None
+        if device is None:
+            response = web.json_response(
+                {"error": "unknown device: use the device token as the password"},
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="fieldtrack"'},
+            )
+            return self._count("owntracks", started, response)
+        try:
+            records = protocols.owntracks_records(await request.json())
+        except (ValueError, web.HTTPException) as exc:
+            return self._count("owntracks", started, _error(400, str(exc)))
+        if records:
+            status, payload, headers = await self._accept_records(device, records, started)
+            if status not in (202, 422):
+                return self._count(
+                    "owntracks", started, web.json_response(payload, status=status, headers=headers)
+                )
+        return self._count("owntracks", started, web.json_response([]))
+
+    async def _accept_records(
+        self, device: DeviceInfo, records: list[dict[str, Any]], started: float
+    ) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+        received_ms = self.clock.now_ms()
+        pings, errors = codec.decode_pings_json(
+            json.dumps(records).encode(),
+            org_id=device.org_id,
+            device_id=device.device_id,
+            received_ms=received_ms,
+        )
+        return await self._accept(device, "pings", received_ms, pings, [], errors, started)
+
+    def _count(self, route: str, started: float, response: web.Response) -> web.Response:
+        self.metrics.requests.labels(route, str(response.status)).inc()
+        self.metrics.request_seconds.labels(route).observe(time.monotonic() - started)
+        return response
 
     # -- operations -----------------------------------------------------------------------
 
