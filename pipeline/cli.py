@@ -18,6 +18,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -80,15 +81,30 @@ class InstanceClient:
         return asyncio.run(go())
 
 
+def _running_instance(settings: Settings) -> InstanceClient | None:
+    """The `fieldtrack run` that owns the embedded store, if one is alive."""
+    path = instance_file(settings)
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)  # signal 0: is that process alive?
+    except (OSError, ValueError, KeyError):
+        return None
+    return InstanceClient(info["url"], info["admin_token"])
+
+
 def open_store(settings: Settings) -> Store | InstanceClient:
+    if not settings.store.url:
+        instance = _running_instance(settings)
+        if instance is not None:
+            return instance
     try:
         store = Store(settings.store)
     except StoreLocked as exc:
-        path = instance_file(settings)
-        if not path.exists():
+        instance = _running_instance(settings)
+        if instance is None:
+            path = instance_file(settings)
             raise SystemExit(f"error: {exc}, and no running instance was found at {path}") from exc
-        info = json.loads(path.read_text())
-        return InstanceClient(info["url"], info["admin_token"])
+        return instance
     store.apply_schema()
     return store
 
@@ -273,7 +289,8 @@ async def _run_forever(settings: Settings) -> int:
     service = EmbeddedService(settings)
     try:
         await service.start()
-    except StoreLocked as exc:
+    except (StoreLocked, OSError) as exc:
+        await service.stop()
         raise SystemExit(f"error: {exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -303,7 +320,7 @@ async def _run_simulated(settings: Settings) -> int:
     )
     try:
         service, simulation, stats = await run_simulation(settings, console)
-    except StoreLocked as exc:
+    except (StoreLocked, OSError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     try:
         assert service.store is not None and service.pipeline is not None

@@ -65,6 +65,7 @@ class EmbeddedService:
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.admin_token = secrets.token_urlsafe(24)
+        self._wrote_instance_file = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -108,7 +109,8 @@ class EmbeddedService:
             await self._runner.cleanup()
         if self.pipeline is not None:
             await self.pipeline.stop(snapshot=self.restore_state)
-        instance_file(self.settings).unlink(missing_ok=True)
+        if self._wrote_instance_file:
+            instance_file(self.settings).unlink(missing_ok=True)
         if self.store is not None and self._owns_store:
             self.store.close()
 
@@ -171,3 +173,4 @@ class EmbeddedService:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump({"pid": os.getpid(), "url": self.url, "admin_token": self.admin_token}, fh)
+        self._wrote_instance_file = True
