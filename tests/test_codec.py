@@ -157,7 +157,7 @@ def test_v2_fields_survive_on_the_wire_and_drop_into_the_dataclass() -> None:
 
 def test_batch_helpers_round_trip() -> None:
     data = codec.encode_ping_batch(ORG, DEV, RECEIVED, [FULL_PING, BARE_PING])
-    assert data[:5] == b"\x00\x00\x00\x00\x0c"  # PingBatch v2 is id 12
+    assert data[:5] == b"\x00\x00\x00\x00\x0e"  # PingBatch v3 is id 14
     assert codec.decode_ping_batch(data) == (ORG, DEV, RECEIVED, [FULL_PING, BARE_PING])
     assert codec.decode_ping_batch(codec.encode_ping_batch(ORG, DEV, 0, [])) == (ORG, DEV, 0, [])
     states = [DeviceState(ORG, DEV, T0, "app_killed"), DeviceState(ORG, DEV, T0 + 1, "boot", "x")]
