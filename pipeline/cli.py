@@ -276,11 +276,97 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.kafka:
-        raise SystemExit("error: the Kafka driver is not available yet (see issue 5)")
+    if settings.kafka.bootstrap:
+        if args.simulate:
+            raise SystemExit(
+                "error: --simulate runs embedded; on Kafka use `fieldtrack "
+                "simulate --out DIR` and post the events, or the test suite"
+            )
+        from pipeline.stream.service import run_all
+
+        console.print(
+            f"fieldtrack on Kafka {settings.kafka.bootstrap}: gateway on "
+            f"{settings.gateway.host}:{settings.gateway.port}, worker and sink in "
+            "this process. Ctrl-C stops cleanly."
+        )
+        return _until_signal(lambda stop: run_all(settings, stop))
     if args.simulate:
         return asyncio.run(_run_simulated(settings))
     return asyncio.run(_run_forever(settings))
+
+
+def _until_signal(main: Any) -> int:
+    """Runs `main(stop_event)` until SIGINT/SIGTERM set the event."""
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+        return 0
+
+    return asyncio.run(go())
+
+
+def _need_kafka(settings: Settings) -> None:
+    if not settings.kafka.bootstrap:
+        raise SystemExit(
+            "error: no broker: pass --kafka HOST:PORT or set "
+            "FIELDTRACK_KAFKA__BOOTSTRAP (make kafka-up starts one on "
+            "127.0.0.1:19092)"
+        )
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.stream.topics import Topics, create_topics
+
+    _need_kafka(settings)
+    if args.partitions:
+        settings.kafka.partitions = args.partitions
+    created = asyncio.run(create_topics(settings.kafka))
+    topics = Topics(settings.kafka.topic_prefix)
+    rows = [[name, "created" if name in created else "exists"]
+            for name in [*topics.all(), topics.reference]]  # fmt: skip
+    print_rows(["topic", "status"], rows)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.stream.worker import run_worker
+
+    _need_kafka(settings)
+    run_worker(settings, loglevel="info" if args.verbose else "warn", web_port=args.web_port)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.stream.sink import run_sink
+
+    _need_kafka(settings)
+    return _until_signal(lambda stop: run_sink(settings, stop))
+
+
+def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.stream.service import KafkaGateway
+
+    _need_kafka(settings)
+
+    async def serve(stop: asyncio.Event) -> None:
+        gateway = KafkaGateway(settings)
+        await gateway.start()
+        console.print(f"gateway on {gateway.url} publishing to {settings.kafka.bootstrap}")
+        await stop.wait()
+        await gateway.stop()
+
+    return _until_signal(serve)
+
+
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.stream.alerts import tail_alerts
+
+    _need_kafka(settings)
+    return _until_signal(lambda stop: tail_alerts(settings, stop, console, args.from_beginning))
 
 
 async def _run_forever(settings: Settings) -> int:
@@ -442,8 +528,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--day", help="simulated day YYYY-MM-DD (default: the last weekday)")
     run.add_argument("--host", help="gateway address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="gateway port (default 8080)")
-    run.add_argument("--kafka", metavar="HOST:PORT", help="run on Apache Kafka (issue 5)")
+    run.add_argument(
+        "--kafka",
+        metavar="HOST:PORT",
+        help="run on Apache Kafka: gateway, Faust worker and sink in this process",
+    )
     run.set_defaults(func=cmd_run)
+
+    def kafka_command(name: str, text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument(
+            "--kafka",
+            metavar="HOST:PORT",
+            help="bootstrap broker (default: $FIELDTRACK_KAFKA__BOOTSTRAP)",
+        )
+        return cmd
+
+    top = kafka_command("topics", "Kafka topics")
+    top.add_argument("action", choices=("create",))
+    top.add_argument("--partitions", type=int, help="partitions per topic (default 8)")
+    top.set_defaults(func=cmd_topics)
+    wrk = kafka_command("worker", "a Faust worker running the topology (scale out: run more)")
+    wrk.add_argument("--web-port", type=int, default=0, help="Faust web/metrics port (0: off)")
+    wrk.set_defaults(func=cmd_worker)
+    kafka_command("sink", "consume Kafka topics into ClickHouse").set_defaults(func=cmd_sink)
+    kafka_command("gateway", "the HTTP gateway publishing to Kafka").set_defaults(func=cmd_gateway)
+    alr = kafka_command("alerts", "watch the alerts topic")
+    alr.add_argument("action", choices=("tail",))
+    alr.add_argument("--from-beginning", action="store_true", help="replay all retained alerts")
+    alr.set_defaults(func=cmd_alerts)
 
     simp = sub.add_parser("simulate", help="write a simulated fleet's events and ground truth")
     simp.add_argument("--out", required=True, help="output directory")
@@ -500,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_cli_overrides(args: argparse.Namespace, settings: Settings) -> None:
+    if getattr(args, "kafka", None):
+        settings.kafka.bootstrap = args.kafka
     for attr, section, key in (
         ("host", settings.gateway, "host"),
         ("port", settings.gateway, "port"),

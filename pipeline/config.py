@@ -74,6 +74,11 @@ class KafkaSettings:
     partitions: int = 8
     replication: int = 1
     topic_prefix: str = "fieldtrack.v1."
+    # How often a worker writes a Tick into each pings partition it owns (lost contact and other
+    # timers); 0 = never (a driver that owns the clock, e.g. a test, writes the ticks).
+    tick_interval_ms: int = 1000
+    session_timeout_s: float = 10.0  # a killed worker's partitions move after this long
+    producer_timeout_s: float = 5.0  # the gateway answers 503 when the broker takes longer
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,20 @@ async def run_simulation(
             d.device_id: await service.add_device(d.org_id, d.device_id, d.name, d.schedule)
             for d in simulation.devices
         }
-        stats = await _post_uploads(service, clock, uploads, tokens, console, show_progress)
+        pipeline = service.pipeline
+        assert pipeline is not None
+
+        async def step_done(now_ms: int, *, final: bool = False) -> None:
+            # The embedded driver owns the clock: finish the step's batches, then run timers.
+            await pipeline.drain()
+            pipeline.tick_all(final=final)
+            if final:
+                await pipeline.drain()
+                await pipeline.sink.flush()
+
+        stats = await post_fleet(
+            service.url, clock, uploads, tokens, step_done, console, show_progress
+        )
     except BaseException:
         await service.stop()
         raise
@@ -90,16 +104,22 @@ async def _load_reference(service: EmbeddedService, city: object, seed: int) -> 
     await service.set_reference(customers, features, org_id)
 
 
-async def _post_uploads(
-    service: EmbeddedService,
+StepHook = Callable[..., Awaitable[None]]
+
+
+async def post_fleet(
+    url: str,
     clock: ManualClock,
     uploads: list[Upload],
     tokens: dict[str, str],
+    step_done: StepHook,
     console: Console,
-    show_progress: bool,
+    show_progress: bool = True,
 ) -> SimRunStats:
-    assert service.pipeline is not None
-    pipeline = service.pipeline
+    """Posts the uploads to a gateway at `url` in steps of simulated time; after each step
+    `step_done(now_ms)` lets the driver run its timers (embedded: in-process; Kafka: Tick
+    records). At the end the clock runs on past the day so silences and open stays time out,
+    then `step_done(now, final=True)`."""
     steps: dict[int, list[Upload]] = defaultdict(list)
     for u in uploads:
         steps[u.send_ms // STEP_MS].append(u)
@@ -118,11 +138,11 @@ async def _post_uploads(
         transient=False,
     )
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(service.url, timeout=timeout) as http:
+    async with aiohttp.ClientSession(url, timeout=timeout) as http:
 
         async def post(u: Upload) -> None:
             async with limiter:
-                for attempt in range(5):
+                for attempt in range(20):
                     async with http.post(
                         f"/v1/{u.endpoint}",
                         json=u.records,
@@ -132,10 +152,10 @@ async def _post_uploads(
                         if resp.status in (202, 422):
                             stats.records_sent += len(u.records)
                             return
-                        if resp.status != 503 or attempt == 4:
+                        if resp.status != 503 or attempt == 19:
                             stats.http_errors += 1
                             return
-                    await asyncio.sleep(0.2)  # 503: the phone retries, as real apps do
+                    await asyncio.sleep(0.25)  # 503: the phone retries, as real apps do
 
         with progress:
             task = progress.add_task("fleet", total=total_records, clock="", rate=0.0)
@@ -143,26 +163,23 @@ async def _post_uploads(
                 batch = steps[step]
                 clock.set((step + 1) * STEP_MS)  # receive time: the end of the step
                 await asyncio.gather(*(post(u) for u in batch))
-                await pipeline.drain()
-                pipeline.tick_all()
+                await step_done(clock.now_ms())
                 elapsed = max(1e-6, time.monotonic() - started)
                 progress.update(
                     task,
                     advance=sum(len(u.records) for u in batch),
-                    clock=_clock_text(clock.now_ms(), service),
+                    clock=_clock_text(clock.now_ms()),
                     rate=stats.records_sent / elapsed,
                 )
     # The day is over: let silences and open stays time out, then close what is still open.
     for _ in range(8):
         clock.advance(15 * 60_000)
-        pipeline.tick_all()
-    pipeline.tick_all(final=True)
-    await pipeline.drain()
-    await pipeline.sink.flush()
+        await step_done(clock.now_ms())
+    await step_done(clock.now_ms(), final=True)
     stats.wall_s = time.monotonic() - started
     return stats
 
 
-def _clock_text(now_ms: int, service: EmbeddedService) -> str:
+def _clock_text(now_ms: int) -> str:
     stamp = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC)
     return stamp.strftime("%Y-%m-%d %H:%M UTC")

@@ -13,9 +13,12 @@ Episode life cycle (one alert per episode, not per tick):
 2. `on_device_state`: states keep arriving late (a phone uploads "shutdown" when it boots
    again); while an episode is open they refine its reason. The LOST_CONTACT alert already
    stored keeps what was known when it fired; no second alert is raised.
-3. `observe`: the first pings after the silence close the episode with CONTACT_RESTORED (info)
-   carrying the refined reason, the gap length and how many buffered pings were recorded
-   inside the gap.
+3. `observe`: the first pings after the silence end the episode; the next `tick` emits
+   CONTACT_RESTORED (info) carrying the refined reason, the gap length and how many buffered
+   pings were recorded inside the gap. Waiting for the tick means every state received up to
+   then counts (a phone uploads states and pings in separate requests, and on Kafka they are
+   read from separate topics), and decisions only use states received by the moment judged,
+   so the result does not depend on which request was read first.
 
 Work hours: an episode is opened only if the device's schedule (`ctx.schedule`, None = always)
 is active at the moment the limit passes (last receive time + `silence_limit_s`). A silence
@@ -123,7 +126,10 @@ class ContactState(SerialisableState):
     last_lon: float | None = None
     last_battery_pct: float | None = None
     last_battery_ms: int | None = None  # event time of that battery reading
-    # [ts_ms, kind] of contact-relevant device states, sorted by ts, newest last, bounded.
+    # [ts_ms, kind, received_ms] of contact-relevant device states, sorted by ts, newest last,
+    # bounded. received_ms lets a decision at processing time T use only what had arrived by
+    # T, whatever order two input streams were read in (device states and pings may be
+    # consumed from different Kafka topics).
     recent_states: list[list[Any]] = field(default_factory=list)
     # The open episode (all None when contact is fine).
     episode_id: str | None = None
@@ -134,6 +140,10 @@ class ContactState(SerialisableState):
     episode_reason: str | None = None  # refined as late states arrive
     prev_episode_start_ms: int | None = None  # keeps ids distinct if a start repeats
     settled_rx_ms: int | None = None  # this silence was judged: outside hours, never alerts
+    # Contact came back: [received_ms, buffered, recording, battery before it came back or -1]
+    # waiting for the next tick, which emits CONTACT_RESTORED once every state received up to
+    # then has been seen.
+    pending_restore: list[float] | None = None
 
 
 _POWERED_OFF = ContactReason.POWERED_OFF.value
@@ -212,10 +222,9 @@ class ContactMonitor:
             return
         ts = int(ev.ts_ms)
         recent = state.recent_states
-        entry = [ts, kind]
-        if entry in recent:  # a retried upload
+        if any(e[0] == ts and e[1] == kind for e in recent):  # a retried upload
             return
-        insort(recent, entry)
+        insort(recent, [ts, kind, int(ev.received_ms or ctx.now_ms)])
         if len(recent) > self.params.max_recent_states:
             del recent[0]
         if kind == _BATTERY_LOW:
@@ -223,8 +232,6 @@ class ContactMonitor:
             if level is not None and (state.last_battery_ms is None or ts >= state.last_battery_ms):
                 state.last_battery_pct = level
                 state.last_battery_ms = ts
-        if state.episode_id is not None and state.episode_start_ms is not None:
-            state.episode_reason = self._infer(state, state.episode_start_ms, 0)[0]
 
     def observe(
         self, state: ContactState, in_order: list[Ping], late: list[Ping], ctx: Ctx, out: Result
@@ -244,7 +251,7 @@ class ContactMonitor:
         if not (0 < rx <= now and now - rx < self._limit_ms):
             rx = now
         if state.episode_id is not None:
-            self._restore(state, in_order, late, rx, ctx, out)
+            self._note_restore(state, in_order, late, rx)
         if state.last_rx_ms is None or rx > state.last_rx_ms:
             state.last_rx_ms = rx
         if state.last_fix_ms is None or newest.ts_ms > state.last_fix_ms:
@@ -259,7 +266,12 @@ class ContactMonitor:
                 break
 
     def tick(self, state: ContactState, ctx: Ctx, out: Result) -> None:
-        """Processing time passed: open an episode when the silence limit has passed."""
+        """Processing time passed: close a restored episode, open one when the silence limit
+        has passed."""
+        if state.episode_id is not None and state.episode_start_ms is not None:
+            state.episode_reason = self._infer(state, state.episode_start_ms, 0, ctx.now_ms)[0]
+            if state.pending_restore is not None and state.pending_restore[0] <= ctx.now_ms:
+                self._restore(state, ctx, out)
         last_rx = state.last_rx_ms
         if last_rx is None or state.episode_id is not None or state.settled_rx_ms == last_rx:
             return
@@ -267,7 +279,7 @@ class ContactMonitor:
         if silence_ms <= self._shutdown_ms:
             return
         early = silence_ms <= self._limit_ms
-        if early and not self._shutdown_pending(state):
+        if early and not self._shutdown_pending(state, ctx.now_ms):
             return
         if not schedule_active(ctx.schedule, last_rx + self._limit_ms):
             state.settled_rx_ms = last_rx  # limit passes outside work hours: never alerts
@@ -281,7 +293,7 @@ class ContactMonitor:
     ) -> None:
         start = state.last_fix_ms if state.last_fix_ms is not None else state.last_rx_ms
         assert start is not None
-        reason, rule = self._infer(state, start, 0)
+        reason, rule = self._infer(state, start, 0, ctx.now_ms)
         if early:
             rule += f"; shutdown reported, alerted after {self.params.shutdown_alert_s:g} s"
         id_parts: tuple[object, ...] = (ctx.org_id, ctx.device_id, "lost_contact", start)
@@ -320,32 +332,39 @@ class ContactMonitor:
         )
         out.counters["contact_lost"] += 1
 
-    def _restore(
-        self,
-        state: ContactState,
-        in_order: list[Ping],
-        late: list[Ping],
-        rx: int,
-        ctx: Ctx,
-        out: Result,
+    def _note_restore(
+        self, state: ContactState, in_order: list[Ping], late: list[Ping], rx: int
     ) -> None:
+        """Pings after the silence: count those recorded inside the gap; the next tick emits
+        CONTACT_RESTORED."""
         start = state.episode_start_ms
         opened_rx = state.episode_rx_ms
         assert start is not None and opened_rx is not None
-        gap_ms = max(0, rx - opened_rx)
+        battery = -1.0 if state.last_battery_pct is None else state.last_battery_pct
+        pending = state.pending_restore or [rx, 0, 0, battery]
+        gap_ms = max(0, pending[0] - opened_rx)
         # Map the gap onto the phone's clock with the latency of the last fix before it; pings
         # near either end may be the unsent tail or the first fresh batch.
         gap_end = start + gap_ms - self._upload_slack_ms
         mid_start = start + self._upload_slack_ms
-        buffered = recording = 0
         for pings in (in_order, late):
             for p in pings:
                 ts = p.ts_ms
                 if start < ts <= gap_end:
-                    buffered += 1
+                    pending[1] += 1
                     if ts > mid_start:
-                        recording += 1
-        reason, rule = self._infer(state, start, recording)
+                        pending[2] += 1
+        state.pending_restore = pending
+
+    def _restore(self, state: ContactState, ctx: Ctx, out: Result) -> None:
+        start = state.episode_start_ms
+        opened_rx = state.episode_rx_ms
+        assert start is not None and opened_rx is not None and state.pending_restore is not None
+        rx, buffered, recording, battery = state.pending_restore
+        rx, buffered, recording = int(rx), int(buffered), int(recording)
+        gap_ms = max(0, rx - opened_rx)
+        # the battery as the silence left it, not the fresh reading that ended it
+        reason, rule = self._infer(state, start, recording, ctx.now_ms, battery)
         kept = state.episode_reason
         if reason == _UNKNOWN and kept is not None and kept != _UNKNOWN:
             # The evidence left the bounded state list; keep what was inferred while open.
@@ -382,11 +401,20 @@ class ContactMonitor:
         state.episode_opened_ms = None
         state.alert_reason = None
         state.episode_reason = None
+        state.pending_restore = None
 
     # -- inference ----------------------------------------------------------------------------
 
-    def _infer(self, state: ContactState, start_ms: int, recording: int) -> tuple[str, str]:
-        """(reason, rule) for a silence after the fix at `start_ms`; see the precedence list."""
+    def _infer(
+        self,
+        state: ContactState,
+        start_ms: int,
+        recording: int,
+        now_ms: int,
+        battery_at_silence: float | None = None,
+    ) -> tuple[str, str]:
+        """(reason, rule) for a silence after the fix at `start_ms`, from the states received
+        by `now_ms`; see the precedence list."""
         p = self.params
         if p.min_recording_pings > 0 and recording >= p.min_recording_pings:
             return _NO_NETWORK, f"{recording} pings recorded inside the gap arrived afterwards"
@@ -396,6 +424,8 @@ class ContactMonitor:
         battery_low_event = False
         for entry in state.recent_states:
             ts, kind = int(entry[0]), entry[1]
+            if len(entry) > 2 and entry[2] > now_ms:
+                continue  # arrived after the moment being judged
             cause = _CAUSE_KINDS.get(kind)
             if cause is None:
                 cause = _RECOVERY_KINDS.get(kind)
@@ -411,7 +441,9 @@ class ContactMonitor:
             rank = _RANK[cause]
             if rank < best_rank:
                 best_rank, best = rank, entry
-        battery = state.last_battery_pct
+        battery = state.last_battery_pct if battery_at_silence is None else battery_at_silence
+        if battery is not None and battery < 0:
+            battery = None  # unknown when the silence began
         battery_low = battery is not None and battery <= p.battery_died_pct
         if best is not None:
             kind = best[1]
@@ -426,12 +458,12 @@ class ContactMonitor:
             return _BATTERY_DIED, "battery_low state after the last fix"
         return _UNKNOWN, "no device state or battery evidence after the last fix"
 
-    def _shutdown_pending(self, state: ContactState) -> bool:
-        """A shutdown was reported after the last fix and no boot followed it."""
+    def _shutdown_pending(self, state: ContactState, now_ms: int) -> bool:
+        """A shutdown was reported (by now) after the last fix and no boot followed it."""
         floor = (state.last_fix_ms or 0) - self._slack_ms
         pending = False
-        for ts, kind in state.recent_states:
-            if ts < floor:
+        for ts, kind, *received in state.recent_states:
+            if ts < floor or (received and received[0] > now_ms):
                 continue
             if kind == "shutdown":
                 pending = True
@@ -440,4 +472,4 @@ class ContactMonitor:
         return pending
 
     def _states_text(self, state: ContactState) -> str:
-        return ",".join(f"{kind}@{ts}" for ts, kind in state.recent_states[-_EVIDENCE_STATES:])
+        return ",".join(f"{e[1]}@{e[0]}" for e in state.recent_states[-_EVIDENCE_STATES:])

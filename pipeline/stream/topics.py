@@ -1,0 +1,93 @@
+"""Topic names, keys and partitioning.
+
+Every topic is keyed by device (`org/device`) and has the same partition count, so a device's
+input, state changelog and outputs stay on one partition number: co-partitioned, one worker
+owns a device, and its state needs no lock or network hop. Names are versioned by a prefix
+(`kafka.topic_prefix`, default `fieldtrack.v1.`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+
+from pipeline.config import KafkaSettings
+
+INPUT = ("pings", "device-states")
+OUTPUT = ("track-points", "dwells", "visits", "fence-events", "alerts", "dead-letters")
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str
+
+    def name(self, short: str) -> str:
+        return f"{self.prefix}{short}"
+
+    @property
+    def pings(self) -> str:
+        return self.name("pings")
+
+    @property
+    def device_states(self) -> str:
+        return self.name("device-states")
+
+    @property
+    def reference(self) -> str:
+        return self.name(REFERENCE)
+
+    @property
+    def inputs(self) -> tuple[str, str]:
+        """The topology's input topics; a Tick is written into both (see stream.worker)."""
+        return (self.pings, self.device_states)
+
+    def outputs(self) -> dict[str, str]:
+        return {short: self.name(short) for short in OUTPUT}
+
+    def all(self) -> list[str]:
+        return [self.name(t) for t in (*INPUT, *OUTPUT)]
+
+
+def device_key(org_id: str, device_id: str) -> bytes:
+    return f"{org_id}/{device_id}".encode()
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2, as the Java client and aiokafka use)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+async def create_topics(settings: KafkaSettings) -> list[str]:
+    """Creates missing topics (data topics co-partitioned; reference compacted, 1 partition).
+    Returns the names created."""
+    topics = Topics(settings.topic_prefix)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, settings.partitions, settings.replication)
+            for name in topics.all()
+            if name not in existing
+        ]
+        if topics.reference not in existing:
+            wanted.append(
+                NewTopic(
+                    topics.reference,
+                    1,
+                    settings.replication,
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+            )
+        if wanted:
+            # another process may have created them meanwhile
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(wanted)
+        return [t.name for t in wanted]
+    finally:
+        await admin.close()

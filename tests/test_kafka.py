@@ -1,0 +1,441 @@
+"""The Kafka path against a real Apache Kafka broker (started by the project, see
+pipeline/broker.py): gateway -> Kafka -> Faust workers (subprocesses) -> sink -> chDB.
+
+Under CI=true a broker that cannot run fails these tests; on a developer machine without Java
+or Maven they are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from rich.console import Console
+
+from pipeline.broker import BrokerError, LocalKafka, java_available
+from pipeline.clock import ManualClock
+from pipeline.config import Settings, StoreSettings
+from pipeline.devices import DeviceInfo, hash_token, new_token
+from pipeline.service import EmbeddedService
+from pipeline.sim import build_city, default_sim_day, simulate
+from pipeline.simrun import post_fleet
+from pipeline.store.client import Store
+from pipeline.store.reference import save_customers, save_fences
+from pipeline.stream import records
+from pipeline.stream.reference import publish_reference
+from pipeline.stream.service import KafkaGateway
+from pipeline.stream.topics import Topics, create_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI") == "true"
+NO_BROKER_TOOLS = java_available()
+QUIET = Console(file=io.StringIO())
+PROFILES = {"rep-001": "honest", "rep-002": "phone_off", "rep-003": "spoofer_mock",
+            "rep-004": "forbidden"}  # fmt: skip
+FACTS = {
+    "visits": "id, customer_id, toUnixTimestamp64Milli(arrive), toUnixTimestamp64Milli(leave), "
+    "verified",
+    "fence_events": "id, fence_id, transition, toUnixTimestamp64Milli(ts)",
+    "alerts": "id, type, toUnixTimestamp64Milli(ts), evidence['reason']",
+}
+
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.skipif(
+        NO_BROKER_TOOLS is not None and not IN_CI,
+        reason=f"the Kafka tests need Java 17 and Maven to run the broker: {NO_BROKER_TOOLS}",
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[LocalKafka]:
+    """The project's broker: reused if `make kafka-up` started it, else started here."""
+    if NO_BROKER_TOOLS is not None:
+        pytest.fail(f"CI=true but the Kafka broker cannot run here: {NO_BROKER_TOOLS}")
+    kafka = LocalKafka()
+    running = kafka.pid() is not None and kafka.answering()
+    if not running:
+        try:
+            kafka.start()
+        except BrokerError as exc:
+            pytest.fail(f"the Kafka broker did not start: {exc}")
+    yield kafka
+    if not running:
+        kafka.stop()
+
+
+@cache
+def fleet_day() -> Any:
+    city = build_city()
+    day = default_sim_day(dt.date.today())  # recent: raw tables have a retention TTL
+    return city, simulate(city, reps=len(PROFILES), day=day, profiles=PROFILES)
+
+
+def fact_rows(store: Store, database: str) -> dict[str, set[tuple[Any, ...]]]:
+    return {
+        table: set(store.query(f"SELECT {cols} FROM {database}.{table} FINAL").rows)
+        for table, cols in FACTS.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def embedded_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[tuple[Any, ...]]]:
+    """What the embedded runner stores for the fleet day: the reference for every Kafka run."""
+    settings = Settings()
+    settings.store = StoreSettings(data_dir=str(tmp_path_factory.mktemp("embedded")))
+    settings.gateway.port = 0
+    city, sim = fleet_day()
+
+    async def run() -> dict[str, set[tuple[Any, ...]]]:
+        clock = ManualClock(sim.uploads[0].send_ms)
+        service = EmbeddedService(settings, clock=clock, auto_tick=False, restore_state=False)
+        await service.start()
+        assert service.store is not None and service.pipeline is not None
+        pipeline = service.pipeline
+        await asyncio.to_thread(save_customers, service.store, city.customers)
+        await asyncio.to_thread(save_fences, service.store, city.fence_features, city.org_id)
+        await service.set_reference([], [], city.org_id)
+        tokens = {}
+        for d in sim.devices:
+            tokens[d.device_id] = await service.add_device(
+                d.org_id, d.device_id, d.name, d.schedule
+            )
+
+        async def step_done(now_ms: int, *, final: bool = False) -> None:
+            await pipeline.drain()
+            pipeline.tick_all(final=final)
+            if final:
+                await pipeline.drain()
+                await pipeline.sink.flush()
+
+        await post_fleet(service.url, clock, sim.uploads, tokens, step_done, QUIET, False)
+        facts = fact_rows(service.store, settings.store.database)
+        await service.stop()
+        return facts
+
+    facts = asyncio.run(run())
+    assert all(facts.values()), {k: len(v) for k, v in facts.items()}
+    return facts
+
+
+class Rig:
+    """One isolated Kafka deployment (own topic prefix, groups and data dirs)."""
+
+    def __init__(self, broker: LocalKafka, tmp: Path) -> None:
+        self.tmp = tmp
+        self.settings = Settings()
+        kafka = self.settings.kafka
+        kafka.bootstrap = broker.bootstrap
+        kafka.topic_prefix = f"t{uuid.uuid4().hex[:8]}."
+        kafka.tick_interval_ms = 0  # the test drives the clock: it writes the ticks
+        kafka.session_timeout_s = 6.0
+        self.settings.store = StoreSettings(data_dir=str(tmp / "sink"))
+        self.settings.gateway.port = 0
+        self.topics = Topics(kafka.topic_prefix)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.sinks: list[subprocess.Popen[bytes]] = []
+        self.tokens: dict[str, str] = {}
+
+    def env(self) -> dict[str, str]:
+        k = self.settings.kafka
+        return {
+            **os.environ,
+            "FIELDTRACK_KAFKA__BOOTSTRAP": k.bootstrap,
+            "FIELDTRACK_KAFKA__TOPIC_PREFIX": k.topic_prefix,
+            "FIELDTRACK_KAFKA__TICK_INTERVAL_MS": "0",
+            "FIELDTRACK_KAFKA__SESSION_TIMEOUT_S": str(k.session_timeout_s),
+            "FIELDTRACK_DATA_DIR": self.settings.store.data_dir,
+        }
+
+    async def prepare(self) -> None:
+        city, sim = fleet_day()
+        await create_topics(self.settings.kafka)
+        devices = []
+        for d in sim.devices:
+            self.tokens[d.device_id] = token = new_token()
+            devices.append((hash_token(token), DeviceInfo(d.org_id, d.device_id, d.name,
+                                                          d.schedule)))  # fmt: skip
+        await publish_reference(
+            self.settings.kafka,
+            customers=city.customers,
+            fences=[(city.org_id, f) for f in city.fence_features],
+            devices=devices,
+        )
+
+    def start(self, command: str, n: int) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"{command}-{n}.log").open("wb")
+        env = {**self.env()}
+        if command == "worker":  # each worker its own scratch dir
+            env["FIELDTRACK_DATA_DIR"] = str(self.tmp / f"worker-{n}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "-v", command],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        (self.workers if command == "worker" else self.sinks).append(proc)
+        return proc
+
+    def log(self, command: str, n: int) -> str:
+        return (self.tmp / f"{command}-{n}.log").read_text(errors="replace")
+
+    async def lag(self, group: str, topics: list[str]) -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap)
+        await admin.start()
+        await consumer.start()
+        try:
+            parts = [TopicPartition(t, p) for t in topics
+                     for p in range(self.settings.kafka.partitions)]  # fmt: skip
+            ends = await consumer.end_offsets(parts)
+            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+            return sum(
+                ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0
+                            else 0)
+                for tp in parts
+            )  # fmt: skip
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    async def wait_drained(self, timeout_s: float = 180.0) -> None:
+        """Until the workers and the sink have committed everything written so far."""
+        prefix = self.settings.kafka.topic_prefix
+        inputs = [self.topics.pings, self.topics.device_states]
+        deadline = time.monotonic() + timeout_s
+        for group, topics in ((f"{prefix}worker", inputs), (f"{prefix}sink", self.topics.all())):
+            while (lag := await self.lag(group, topics)) > 0:
+                assert time.monotonic() < deadline, f"{group} still {lag} records behind"
+                await asyncio.sleep(1.0)
+
+    async def post_day(self, on_step: Callable[[int], Awaitable[None]] | None = None) -> None:
+        """The fleet day through a Kafka gateway; `on_step(step number)` can stir things up."""
+        _, sim = fleet_day()
+        gateway = KafkaGateway(self.settings, clock=ManualClock(sim.uploads[0].send_ms))
+        await gateway.start()
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap, acks="all")
+        await producer.start()
+        steps = 0
+
+        async def step_done(now_ms: int, *, final: bool = False) -> None:
+            nonlocal steps
+            steps += 1
+            tick = records.encode_tick(now_ms, final)
+            sent = [await producer.send(topic, tick, key=b"", partition=p)
+                    for topic in self.topics.inputs
+                    for p in range(self.settings.kafka.partitions)]  # fmt: skip
+            await asyncio.gather(*sent)
+            if on_step is not None:
+                await on_step(steps)
+
+        try:
+            stats = await post_fleet(gateway.url, gateway.clock, sim.uploads, self.tokens,
+                                     step_done, QUIET, False)  # fmt: skip
+            assert stats.http_errors == 0
+        finally:
+            await producer.stop()
+            await gateway.stop()
+
+    def stop_all(self) -> None:
+        for proc in [*self.workers, *self.sinks]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.workers, *self.sinks]:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def stored_facts(self) -> dict[str, set[tuple[Any, ...]]]:
+        store = Store(self.settings.store)
+        try:
+            return fact_rows(store, self.settings.store.database)
+        finally:
+            store.close()
+
+    def exactly_once(self) -> dict[str, tuple[int, int]]:
+        store = Store(self.settings.store)
+        try:
+            db = self.settings.store.database
+            return {
+                t: store.query(f"SELECT count(), uniqExact(id) FROM {db}.{t} FINAL").rows[0]
+                for t in FACTS
+            }
+        finally:
+            store.close()
+
+
+def assert_same_facts(got: dict[str, Any], expected: dict[str, Any]) -> None:
+    for table in FACTS:
+        missing = expected[table] - got[table]
+        extra = got[table] - expected[table]
+        assert not missing and not extra, (table, sorted(missing)[:3], sorted(extra)[:3])
+
+
+def test_kafka_path_equals_embedded_fact_for_fact(
+    broker: LocalKafka, tmp_path: Path, embedded_facts: dict[str, Any]
+) -> None:
+    rig = Rig(broker, tmp_path)
+
+    async def run() -> None:
+        await rig.prepare()
+        rig.start("worker", 1)
+        rig.start("sink", 1)
+        await rig.post_day()
+        await rig.wait_drained()
+
+    try:
+        asyncio.run(run())
+    finally:
+        rig.stop_all()
+    assert_same_facts(rig.stored_facts(), embedded_facts)
+    assert "processed" in rig.log("worker", 1)
+
+
+def test_kill_9_worker_then_sink_mid_stream_stores_every_fact_once(
+    broker: LocalKafka, tmp_path: Path, embedded_facts: dict[str, Any]
+) -> None:
+    rig = Rig(broker, tmp_path)
+    total_steps = len({u.send_ms // 60_000 for u in fleet_day()[1].uploads})
+
+    async def stir(step: int) -> None:
+        if step == total_steps // 3:
+            rig.workers[0].kill()  # SIGKILL: no flush, no commit, no goodbye
+            rig.workers[0].wait()
+            rig.start("worker", 2)
+        elif step == 2 * total_steps // 3:
+            rig.sinks[0].kill()
+            rig.sinks[0].wait()
+            rig.start("sink", 2)
+
+    async def run() -> None:
+        await rig.prepare()
+        rig.start("worker", 1)
+        rig.start("sink", 1)
+        await rig.post_day(stir)
+        await rig.wait_drained()
+
+    try:
+        asyncio.run(run())
+    finally:
+        rig.stop_all()
+    assert rig.workers[0].returncode == -signal.SIGKILL
+    assert rig.sinks[0].returncode == -signal.SIGKILL
+    for table, (rows, ids) in rig.exactly_once().items():
+        assert rows == ids == len(embedded_facts[table]), (table, rows, ids)
+    assert_same_facts(rig.stored_facts(), embedded_facts)
+
+
+def test_workers_scale_out_and_in(
+    broker: LocalKafka, tmp_path: Path, embedded_facts: dict[str, Any]
+) -> None:
+    rig = Rig(broker, tmp_path)
+    total_steps = len({u.send_ms // 60_000 for u in fleet_day()[1].uploads})
+
+    async def stir(step: int) -> None:
+        if step == total_steps // 3:
+            rig.start("worker", 3)  # a third worker joins
+        elif step == 2 * total_steps // 3:
+            rig.workers[0].send_signal(signal.SIGTERM)  # and one leaves, cleanly
+            await asyncio.to_thread(rig.workers[0].wait, 60)
+
+    async def run() -> None:
+        await rig.prepare()
+        rig.start("worker", 1)
+        rig.start("worker", 2)
+        rig.start("sink", 1)
+        await asyncio.sleep(8)  # let both join before the load starts
+        await rig.post_day(stir)
+        await rig.wait_drained()
+
+    try:
+        asyncio.run(run())
+    finally:
+        rig.stop_all()
+    for n in (1, 2, 3):
+        assert "processed" in rig.log("worker", n), f"worker {n} processed nothing"
+    assert_same_facts(rig.stored_facts(), embedded_facts)
+
+
+def test_broker_down_gateway_answers_503_and_loses_nothing_it_acknowledged(
+    broker: LocalKafka, tmp_path: Path
+) -> None:
+    rig = Rig(broker, tmp_path)
+    rig.settings.kafka.producer_timeout_s = 2.0
+    rig.settings.gateway.durable_timeout_s = 4.0
+    now = int(time.time() * 1000)
+
+    def ping(seq: int) -> dict[str, Any]:
+        return {"seq": seq, "ts_ms": now - 600_000 + seq * 1000, "lat": 52.52, "lon": 13.405,
+                "accuracy_m": 9.0}  # fmt: skip
+
+    async def run() -> tuple[list[int], list[int]]:
+        await rig.prepare()
+        gateway = KafkaGateway(rig.settings)
+        await gateway.start()
+        token = await gateway.add_device("demo", "rep-x")
+        acked: list[int] = []
+        statuses: list[int] = []
+        async with aiohttp.ClientSession(gateway.url) as http:
+
+            async def post(seq: int) -> None:
+                auth = {"Authorization": f"Bearer {token}"}
+                async with http.post("/v1/pings", json=[ping(seq)], headers=auth) as r:
+                    statuses.append(r.status)
+                    if r.status == 202:
+                        acked.append(seq)
+                    else:
+                        assert r.status == 503 and r.headers["Retry-After"]
+
+            for seq in range(1, 6):
+                await post(seq)
+            await asyncio.to_thread(broker.stop)
+            for seq in range(6, 9):
+                await post(seq)
+            await asyncio.to_thread(broker.start)
+            for seq in range(9, 14):
+                for _ in range(30):  # the phone retries until the gateway takes it
+                    await post(seq)
+                    if acked and acked[-1] == seq:
+                        break
+                    await asyncio.sleep(1)
+        await gateway.stop()
+        return acked, statuses
+
+    acked, statuses = asyncio.run(run())
+    assert 503 in statuses
+    assert set(range(1, 6)) <= set(acked) and set(range(9, 14)) <= set(acked)
+
+    async def read_back() -> set[int]:
+        consumer = AIOKafkaConsumer(
+            rig.topics.pings, bootstrap_servers=rig.settings.kafka.bootstrap,
+            auto_offset_reset="earliest", enable_auto_commit=False,
+        )  # fmt: skip
+        await consumer.start()
+        seen: set[int] = set()
+        try:
+            deadline = time.monotonic() + 30
+            while not set(acked) <= seen and time.monotonic() < deadline:
+                for messages in (await consumer.getmany(timeout_ms=1000)).values():
+                    for msg in messages:
+                        item = records.decode_input(msg.value)
+                        seen.update(p.seq for p in getattr(item, "pings", []))
+        finally:
+            await consumer.stop()
+        return seen
+
+    assert set(acked) <= asyncio.run(read_back())  # every 202 is in the log
