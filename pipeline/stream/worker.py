@@ -10,9 +10,11 @@ states alike, has been processed, whichever topic Faust happened to read first. 
 lets a table change inside stream iteration, which a tick record also satisfies.) The
 progress of that barrier is kept in the table, so a restarted worker resumes it.
 
-Delivery is at-least-once: Faust flushes the producer before it commits source offsets, a
-failed send stops the worker hard (so no offset past it is ever committed), and outputs carry
-deterministic ids, so a replay after a crash stores nothing twice. Agent concurrency stays 1
+Delivery is at-least-once: a device's new state is written to the table (its changelog) only
+after the broker acknowledged that event's outputs, Faust commits source offsets only after
+the event, a failed send stops the worker hard (so no offset past it is ever committed), and
+outputs carry deterministic ids, so a replay after a crash stores nothing twice and loses
+nothing. Agent concurrency stays 1
 (a known Faust bug can commit past an in-flight event with more).
 """
 
@@ -39,14 +41,20 @@ log = logging.getLogger(__name__)
 STATE_TABLE = "device-state"
 
 
+def _die(reason: object) -> None:
+    log.critical(
+        "an output could not be delivered (%s): stopping hard so the source offset is "
+        "never committed past it",
+        reason,
+    )
+    os._exit(70)
+
+
 def _die_on_failed_send(fut: asyncio.Future[Any]) -> None:
-    if fut.cancelled() or fut.exception() is not None:
-        log.critical(
-            "an output could not be delivered (%s): stopping hard so the source "
-            "offset is never committed past it",
-            fut.exception(),
-        )
-        os._exit(70)
+    if fut.cancelled():
+        _die("cancelled")
+    elif fut.exception() is not None:
+        _die(fut.exception())
 
 
 class Worker:
@@ -171,8 +179,8 @@ class Worker:
             self.feed.reference, batch.org_id, batch.device_id, batch.received_ms
         )
         result = self.topology.process(state, batch, ctx)
-        self.states[key] = {"p": partition, "s": state.to_dict()}
         await self._emit(result)
+        self.states[key] = {"p": partition, "s": state.to_dict()}
 
     async def _barrier(self, tick: Tick, partition: int, topic: str) -> None:
         """Run the timers of `partition` up to the newest tick read from both input topics."""
@@ -195,15 +203,25 @@ class Worker:
             state = PipelineState.from_dict(stored["s"])
             ctx = self.topology.context(self.feed.reference, org_id, device_id, tick.now_ms)
             result = self.topology.tick(state, ctx, final=tick.final)
+            await self._emit(result)
             fresh = state.to_dict()
             if fresh != stored["s"]:  # write the changelog only when a timer changed state
                 self.states[key] = {"p": partition, "s": fresh}
-            await self._emit(result)
 
     async def _emit(self, result: Any) -> None:
-        for short, key, value in records.encode_outputs(result):
-            fut = await self.outputs[short].send(key=key, value=value)
-            fut.add_done_callback(_die_on_failed_send)
+        """Sends the outputs and waits until the broker has them all. Only then may the
+        caller write the new state: a state in the changelog never runs ahead of the outputs
+        it produced, so after a crash a replayed event either finds the old state (and emits
+        the same outputs again, same ids) or finds its outputs already delivered."""
+        pending = [
+            await self.outputs[short].send(key=key, value=value)
+            for short, key, value in records.encode_outputs(result)
+        ]
+        for fut in pending:
+            try:
+                await fut
+            except Exception as exc:
+                _die(exc)
 
 
 def run_worker(settings: Settings, *, loglevel: str = "warn", web_port: int = 0) -> None:
