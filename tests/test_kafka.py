@@ -194,6 +194,9 @@ class Rig:
         return (self.tmp / f"{command}-{n}.log").read_text(errors="replace")
 
     async def lag(self, group: str, topics: list[str]) -> int:
+        return sum((await self.lags(group, topics)).values())
+
+    async def lags(self, group: str, topics: list[str]) -> dict[str, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap)
         await admin.start()
@@ -203,23 +206,25 @@ class Rig:
                      for p in range(self.settings.kafka.partitions)]  # fmt: skip
             ends = await consumer.end_offsets(parts)
             committed = await admin.list_consumer_group_offsets(group, partitions=parts)
-            return sum(
-                ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0
-                            else 0)
+            return {
+                f"{tp.topic}[{tp.partition}]": ends[tp]
+                - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
                 for tp in parts
-            )  # fmt: skip
+            }
         finally:
             await consumer.stop()
             await admin.close()
 
-    async def wait_drained(self, timeout_s: float = 180.0) -> None:
+    async def wait_drained(self, timeout_s: float = 90.0) -> None:
         """Until the workers and the sink have committed everything written so far."""
         prefix = self.settings.kafka.topic_prefix
         inputs = [self.topics.pings, self.topics.device_states]
         deadline = time.monotonic() + timeout_s
         for group, topics in ((f"{prefix}worker", inputs), (f"{prefix}sink", self.topics.all())):
             while (lag := await self.lag(group, topics)) > 0:
-                assert time.monotonic() < deadline, f"{group} still {lag} records behind"
+                if time.monotonic() > deadline:
+                    behind = {k: v for k, v in (await self.lags(group, topics)).items() if v}
+                    raise AssertionError(f"{group} still {lag} records behind: {behind}")
                 await asyncio.sleep(1.0)
 
     async def post_day(self, on_step: Callable[[int], Awaitable[None]] | None = None) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 
 from pipeline.config import Settings
 from pipeline.stream import records
@@ -93,23 +94,11 @@ class Worker:
             key_serializer="raw",
             value_serializer="raw",
         )
-        self.tick_topics = [
-            self.app.topic(
-                name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                value_serializer="raw",
-            )
-            for name in self.topics.inputs
-        ]  # fmt: skip
-        self.outputs = {
-            short: self.app.topic(
-                name,
-                key_type=bytes,
-                value_type=bytes,
-                key_serializer="raw",
-                value_serializer="raw",
-            )
-            for short, name in self.topics.outputs().items()
-        }
+        self.output_names = self.topics.outputs()
+        # Outputs and ticks go through a plain idempotent producer whose acks we await:
+        # waiting on Faust's own producer buffer from inside the agent can hang across a
+        # rebalance, and the acks are what the state write below depends on.
+        self.producer: AIOKafkaProducer | None = None
         # device key -> {"p": partition, "s": PipelineState dict}
         self.states = self.app.Table(STATE_TABLE, partitions=kafka.partitions, key_type=bytes)
         self.app.agent(self.input, name="topology", concurrency=1)(self._agent)
@@ -123,6 +112,13 @@ class Worker:
     # -- reference data -------------------------------------------------------------------
 
     async def _start_reference(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+        )
+        await self.producer.start()
         await self.feed.start()
         self.reference_ready.set()
         log.info("reference loaded: %d customers, %d fences, %d devices",
@@ -131,6 +127,8 @@ class Worker:
 
     async def _stop_reference(self, app: Any, **kwargs: Any) -> None:
         await self.feed.stop()
+        if self.producer is not None:
+            await self.producer.stop()
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -140,11 +138,13 @@ class Worker:
         )
 
     async def _send_ticks(self) -> None:
+        if self.producer is None:
+            return
         now_ms = time.time_ns() // 1_000_000
         tick = records.encode_tick(now_ms)
         for partition in self.owned_partitions():
-            for topic in self.tick_topics:
-                fut = await topic.send(key=b"", value=tick, partition=partition)
+            for topic in self.topics.inputs:
+                fut = await self.producer.send(topic, tick, key=b"", partition=partition)
                 fut.add_done_callback(_die_on_failed_send)
 
     async def _report(self) -> None:
@@ -213,8 +213,9 @@ class Worker:
         caller write the new state: a state in the changelog never runs ahead of the outputs
         it produced, so after a crash a replayed event either finds the old state (and emits
         the same outputs again, same ids) or finds its outputs already delivered."""
+        assert self.producer is not None  # started before the agent reads anything
         pending = [
-            await self.outputs[short].send(key=key, value=value)
+            await self.producer.send(self.output_names[short], value, key=key)
             for short, key, value in records.encode_outputs(result)
         ]
         for fut in pending:
