@@ -276,12 +276,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.simulate:
+        return asyncio.run(_run_simulated(settings))
     if settings.kafka.bootstrap:
-        if args.simulate:
-            raise SystemExit(
-                "error: --simulate runs embedded; on Kafka use `fieldtrack "
-                "simulate --out DIR` and post the events, or the test suite"
-            )
         from pipeline.stream.service import run_all
 
         console.print(
@@ -290,8 +287,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             "this process. Ctrl-C stops cleanly."
         )
         return _until_signal(lambda stop: run_all(settings, stop))
-    if args.simulate:
-        return asyncio.run(_run_simulated(settings))
     return asyncio.run(_run_forever(settings))
 
 
@@ -396,25 +391,34 @@ async def _run_forever(settings: Settings) -> int:
 
 
 async def _run_simulated(settings: Settings) -> int:
-    from pipeline.simrun import run_simulation
+    from pipeline.simrun import run_simulation, run_simulation_on_kafka
     from pipeline.store.queries import rep_summaries
 
+    where = (
+        f"Kafka {settings.kafka.bootstrap} (gateway, Faust worker and sink in this process)"
+        if settings.kafka.bootstrap
+        else f"the embedded store under {settings.store.data_dir}/"
+    )
     console.print(
         f"[bold]fieldtrack[/bold]: simulating {settings.sim.reps} reps (seed {settings.sim.seed}) "
-        f"through the gateway on {settings.gateway.host}:{settings.gateway.port} "
-        f"into the embedded store under {settings.store.data_dir}/"
+        f"through the gateway on {settings.gateway.host}:{settings.gateway.port} into {where}"
     )
     try:
-        service, simulation, stats = await run_simulation(settings, console)
+        if settings.kafka.bootstrap:
+            run, simulation, stats = await run_simulation_on_kafka(settings, console)
+            store, metrics, stop = run.store, run.metrics, run.stop
+        else:
+            service, simulation, stats = await run_simulation(settings, console)
+            assert service.store is not None
+            store, metrics, stop = service.store, service.metrics, service.stop
     except (StoreLocked, OSError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     try:
-        assert service.store is not None and service.pipeline is not None
-        summaries = rep_summaries(service.store, stats.org_id, stats.day_start_ms, stats.day_end_ms)
+        summaries = rep_summaries(store, stats.org_id, stats.day_start_ms, stats.day_end_ms)
         _print_summary(summaries, simulation)
-        _print_pipeline_figures(service, stats)
+        _print_pipeline_figures(metrics, stats)
     finally:
-        await service.stop()
+        await stop()
     console.print("\nQuery the store (it is kept under ./data between runs):")
     for title, sql in EXAMPLE_QUERIES:
         console.print(f'  [dim]# {title}[/dim]\n  fieldtrack query "{sql}"')
@@ -462,8 +466,7 @@ def _print_summary(summaries: list[Any], simulation: Any) -> None:
     console.print(table)
 
 
-def _print_pipeline_figures(service: Any, stats: Any) -> None:
-    metrics = service.metrics
+def _print_pipeline_figures(metrics: Any, stats: Any) -> None:
 
     def counter(metric: Any, *labels: str) -> int:
         return int(metric.labels(*labels)._value.get())

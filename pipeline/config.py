@@ -77,6 +77,9 @@ class KafkaSettings:
     # How often a worker writes a Tick into each pings partition it owns (lost contact and other
     # timers); 0 = never (a driver that owns the clock, e.g. a test, writes the ticks).
     tick_interval_ms: int = 1000
+    # A driver that owns the clock (simulation, tests) waits for each tick to be processed
+    # before posting the next step; workers then acknowledge ticks on `<prefix>tick-acks`.
+    tick_acks: bool = False
     session_timeout_s: float = 10.0  # a killed worker's partitions move after this long
     producer_timeout_s: float = 5.0  # the gateway answers 503 when the broker takes longer
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from rich.console import Console
@@ -22,9 +23,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
+from pipeline.metrics import Metrics
 from pipeline.reference.loader import load_customers_file, load_fence_features
+from pipeline.reference.models import Customer
 from pipeline.service import EmbeddedService
-from pipeline.sim import Simulation, Upload, build_city, default_sim_day, simulate
+from pipeline.sim import City, Simulation, Upload, build_city, default_sim_day, simulate
+from pipeline.store.client import Store
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
 DEFAULT_SEED = 7
@@ -47,24 +51,14 @@ async def run_simulation(
     settings: Settings, console: Console, *, show_progress: bool = True
 ) -> tuple[EmbeddedService, Simulation, SimRunStats]:
     """Starts an instance, runs the fleet through it and returns the (still running) service."""
-    sim_cfg = settings.sim
-    day = dt.date.fromisoformat(sim_cfg.day) if sim_cfg.day else default_sim_day(dt.date.today())
-    city = build_city(seed=sim_cfg.seed)
-    simulation = simulate(
-        city,
-        reps=sim_cfg.reps,
-        day=day,
-        seed=sim_cfg.seed,
-        ping_interval_s=sim_cfg.ping_interval_s,
-        upload_interval_s=sim_cfg.upload_interval_s,
-    )
+    city, simulation = _simulation(settings)
     uploads = simulation.uploads
     first_ms = uploads[0].send_ms if uploads else 0
     clock = ManualClock(first_ms)
     service = EmbeddedService(settings, clock=clock, auto_tick=False, restore_state=False)
     await service.start()
     try:
-        await _load_reference(service, city, sim_cfg.seed)
+        await _load_reference(service, city, settings.sim.seed)
         tokens = {
             d.device_id: await service.add_device(d.org_id, d.device_id, d.name, d.schedule)
             for d in simulation.devices
@@ -92,16 +86,32 @@ async def run_simulation(
     return service, simulation, stats
 
 
-async def _load_reference(service: EmbeddedService, city: object, seed: int) -> None:
+def _simulation(settings: Settings) -> tuple[City, Simulation]:
+    sim_cfg = settings.sim
+    day = dt.date.fromisoformat(sim_cfg.day) if sim_cfg.day else default_sim_day(dt.date.today())
+    city = build_city(seed=sim_cfg.seed)
+    simulation = simulate(
+        city,
+        reps=sim_cfg.reps,
+        day=day,
+        seed=sim_cfg.seed,
+        ping_interval_s=sim_cfg.ping_interval_s,
+        upload_interval_s=sim_cfg.upload_interval_s,
+    )
+    return city, simulation
+
+
+def _reference_files(city: City, seed: int) -> tuple[list[Customer], list[dict[str, Any]]]:
     """The demo customers and fences shipped in the repo; another seed builds its own city."""
-    org_id: str = city.org_id  # type: ignore[attr-defined]
     if seed == DEFAULT_SEED and (DEMO_DIR / "customers.csv").exists():
-        customers = load_customers_file(DEMO_DIR / "customers.csv", org_id)
-        features = load_fence_features(DEMO_DIR / "fences.geojson")
-    else:
-        customers = list(city.customers)  # type: ignore[attr-defined]
-        features = list(city.fence_features)  # type: ignore[attr-defined]
-    await service.set_reference(customers, features, org_id)
+        customers = load_customers_file(DEMO_DIR / "customers.csv", city.org_id)
+        return customers, load_fence_features(DEMO_DIR / "fences.geojson")
+    return list(city.customers), list(city.fence_features)
+
+
+async def _load_reference(service: EmbeddedService, city: City, seed: int) -> None:
+    customers, features = _reference_files(city, seed)
+    await service.set_reference(customers, features, city.org_id)
 
 
 StepHook = Callable[..., Awaitable[None]]
@@ -183,3 +193,79 @@ async def post_fleet(
 def _clock_text(now_ms: int) -> str:
     stamp = dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC)
     return stamp.strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass
+class KafkaSimRun:
+    """A finished simulated day on Kafka: gateway, Faust worker and sink in this process."""
+
+    store: Store
+    metrics: Metrics
+    stop: Callable[[], Awaitable[None]]
+
+
+async def run_simulation_on_kafka(
+    settings: Settings, console: Console, *, show_progress: bool = True
+) -> tuple[KafkaSimRun, Simulation, SimRunStats]:
+    """The same fleet through gateway -> Kafka -> Faust worker -> sink -> store. The driver
+    owns the clock, so it writes the Tick records itself (into both input topics, every
+    partition) after each step; the worker's own timer is off."""
+    from pipeline.devices import DeviceInfo, hash_token, new_token
+    from pipeline.stream.reference import publish_reference
+    from pipeline.stream.service import KafkaGateway
+    from pipeline.stream.sink import KafkaSink
+    from pipeline.stream.ticks import TickDriver
+    from pipeline.stream.topics import create_topics, wait_drained
+    from pipeline.stream.worker import Worker
+
+    kafka = settings.kafka
+    kafka.tick_interval_ms = 0  # this driver owns the clock: it writes the ticks ...
+    kafka.tick_acks = True  # ... and waits for each to be processed, like the embedded drain
+    city, simulation = _simulation(settings)
+    uploads = simulation.uploads
+    await create_topics(kafka)
+    customers, features = _reference_files(city, settings.sim.seed)
+    tokens, devices = {}, []
+    for d in simulation.devices:
+        tokens[d.device_id] = token = new_token()
+        devices.append((hash_token(token), DeviceInfo(d.org_id, d.device_id, d.name, d.schedule)))
+    await publish_reference(
+        kafka, customers=customers, fences=[(city.org_id, f) for f in features], devices=devices
+    )
+    store = Store(settings.store)
+    store.apply_schema()
+    clock = ManualClock(uploads[0].send_ms if uploads else 0)
+    gateway = KafkaGateway(settings, clock=clock, store=store)
+    await gateway.start()
+    sink_stop = asyncio.Event()
+    sink_task = asyncio.create_task(KafkaSink(settings, store).run(sink_stop))
+    worker = Worker(settings)
+    await worker.app.start()
+    ticks = TickDriver(kafka)
+    await ticks.start()
+
+    async def step_done(now_ms: int, *, final: bool = False) -> None:
+        await ticks.tick(now_ms, final=final)
+
+    async def stop() -> None:
+        await ticks.stop()
+        await gateway.stop()
+        await worker.app.stop()
+        sink_stop.set()
+        await asyncio.gather(sink_task, return_exceptions=True)
+        store.close()
+
+    try:
+        stats = await post_fleet(gateway.url, clock, uploads, tokens, step_done, console,
+                                 show_progress)  # fmt: skip
+        with console.status("waiting for the worker and the sink to catch up ..."):
+            await wait_drained(kafka)
+        for name, count in worker.counters.items():
+            gateway.metrics.topology_counters.labels(name).inc(count)
+    except BaseException:
+        await stop()
+        raise
+    stats.org_id = city.org_id
+    stats.day_start_ms = min((u.send_ms for u in uploads), default=0) - 3_600_000
+    stats.day_end_ms = clock.now_ms() + 3_600_000
+    return KafkaSimRun(store, gateway.metrics, stop), simulation, stats

@@ -23,8 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 
 from pipeline.broker import BrokerError, LocalKafka, java_available
@@ -39,14 +38,20 @@ from pipeline.store.reference import save_customers, save_fences
 from pipeline.stream import records
 from pipeline.stream.reference import publish_reference
 from pipeline.stream.service import KafkaGateway
-from pipeline.stream.topics import Topics, create_topics
+from pipeline.stream.ticks import TickDriver
+from pipeline.stream.topics import Topics, create_topics, wait_drained
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI") == "true"
 NO_BROKER_TOOLS = java_available()
 QUIET = Console(file=io.StringIO())
-PROFILES = {"rep-001": "honest", "rep-002": "phone_off", "rep-003": "spoofer_mock",
-            "rep-004": "forbidden"}  # fmt: skip
+PROFILES = {
+    "rep-001": "honest",
+    "rep-002": "phone_off",
+    "rep-003": "spoofer_mock",
+    "rep-004": "forbidden",
+    "rep-005": "no_network",  # a backlog that resumes contact: timers must see it in order
+}
 FACTS = {
     "visits": "id, customer_id, toUnixTimestamp64Milli(arrive), toUnixTimestamp64Milli(leave), "
     "verified",
@@ -143,7 +148,8 @@ class Rig:
         kafka = self.settings.kafka
         kafka.bootstrap = broker.bootstrap
         kafka.topic_prefix = f"t{uuid.uuid4().hex[:8]}."
-        kafka.tick_interval_ms = 0  # the test drives the clock: it writes the ticks
+        kafka.tick_interval_ms = 0  # the test drives the clock: it writes the ticks ...
+        kafka.tick_acks = True  # ... and waits for each to be processed
         kafka.session_timeout_s = 6.0
         self.settings.store = StoreSettings(data_dir=str(tmp / "sink"))
         self.settings.gateway.port = 0
@@ -159,6 +165,7 @@ class Rig:
             "FIELDTRACK_KAFKA__BOOTSTRAP": k.bootstrap,
             "FIELDTRACK_KAFKA__TOPIC_PREFIX": k.topic_prefix,
             "FIELDTRACK_KAFKA__TICK_INTERVAL_MS": "0",
+            "FIELDTRACK_KAFKA__TICK_ACKS": "true",
             "FIELDTRACK_KAFKA__SESSION_TIMEOUT_S": str(k.session_timeout_s),
             "FIELDTRACK_DATA_DIR": self.settings.store.data_dir,
         }
@@ -193,57 +200,22 @@ class Rig:
     def log(self, command: str, n: int) -> str:
         return (self.tmp / f"{command}-{n}.log").read_text(errors="replace")
 
-    async def lag(self, group: str, topics: list[str]) -> int:
-        return sum((await self.lags(group, topics)).values())
-
-    async def lags(self, group: str, topics: list[str]) -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap)
-        await admin.start()
-        await consumer.start()
-        try:
-            parts = [TopicPartition(t, p) for t in topics
-                     for p in range(self.settings.kafka.partitions)]  # fmt: skip
-            ends = await consumer.end_offsets(parts)
-            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
-            return {
-                f"{tp.topic}[{tp.partition}]": ends[tp]
-                - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
-                for tp in parts
-            }
-        finally:
-            await consumer.stop()
-            await admin.close()
-
     async def wait_drained(self, timeout_s: float = 90.0) -> None:
-        """Until the workers and the sink have committed everything written so far."""
-        prefix = self.settings.kafka.topic_prefix
-        inputs = [self.topics.pings, self.topics.device_states]
-        deadline = time.monotonic() + timeout_s
-        for group, topics in ((f"{prefix}worker", inputs), (f"{prefix}sink", self.topics.all())):
-            while (lag := await self.lag(group, topics)) > 0:
-                if time.monotonic() > deadline:
-                    behind = {k: v for k, v in (await self.lags(group, topics)).items() if v}
-                    raise AssertionError(f"{group} still {lag} records behind: {behind}")
-                await asyncio.sleep(1.0)
+        await wait_drained(self.settings.kafka, timeout_s)
 
     async def post_day(self, on_step: Callable[[int], Awaitable[None]] | None = None) -> None:
         """The fleet day through a Kafka gateway; `on_step(step number)` can stir things up."""
         _, sim = fleet_day()
         gateway = KafkaGateway(self.settings, clock=ManualClock(sim.uploads[0].send_ms))
         await gateway.start()
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap, acks="all")
-        await producer.start()
+        ticks = TickDriver(self.settings.kafka)
+        await ticks.start()
         steps = 0
 
         async def step_done(now_ms: int, *, final: bool = False) -> None:
             nonlocal steps
             steps += 1
-            tick = records.encode_tick(now_ms, final)
-            sent = [await producer.send(topic, tick, key=b"", partition=p)
-                    for topic in self.topics.inputs
-                    for p in range(self.settings.kafka.partitions)]  # fmt: skip
-            await asyncio.gather(*sent)
+            await ticks.tick(now_ms, final=final)
             if on_step is not None:
                 await on_step(steps)
 
@@ -252,7 +224,7 @@ class Rig:
                                      step_done, QUIET, False)  # fmt: skip
             assert stats.http_errors == 0
         finally:
-            await producer.stop()
+            await ticks.stop()
             await gateway.stop()
 
     def stop_all(self) -> None:

@@ -9,7 +9,6 @@ import logging
 import secrets
 from typing import Any
 
-import faust
 from aiohttp import web
 
 from pipeline.clock import Clock, WallClock
@@ -105,18 +104,14 @@ async def run_all(settings: Settings, stop: asyncio.Event) -> None:
     sink_stop = asyncio.Event()
     sink_task = asyncio.create_task(KafkaSink(settings, store).run(sink_stop))
     worker = Worker(settings)
-    faust_worker = faust.Worker(
-        worker.app, loop=asyncio.get_running_loop(), loglevel="warn", override_logging=False
-    )
-    worker_task = asyncio.create_task(faust_worker.start())
+    # The Faust app as a service of this loop (no faust.Worker: it would own signals and loop).
+    await worker.app.start()
     log.info("gateway on %s, worker and sink running", gateway.url)
     try:
         await stop.wait()
     finally:
-        await gateway.stop()
-        await faust_worker.stop()
-        worker_task.cancel()
-        await asyncio.gather(worker_task, return_exceptions=True)
+        await gateway.stop()  # in-flight requests finish; every 202 was acknowledged
+        await worker.app.stop()  # the agent finishes its event and commits
         sink_stop.set()
         await asyncio.gather(sink_task, return_exceptions=True)
         store.close()

@@ -8,9 +8,12 @@ owns a device, and its state needs no lock or network hop. Names are versioned b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
@@ -49,6 +52,10 @@ class Topics:
     def outputs(self) -> dict[str, str]:
         return {short: self.name(short) for short in OUTPUT}
 
+    @property
+    def tick_acks(self) -> str:
+        return self.name("tick-acks")
+
     def all(self) -> list[str]:
         return [self.name(t) for t in (*INPUT, *OUTPUT)]
 
@@ -62,6 +69,44 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+async def consumer_lag(settings: KafkaSettings, group: str, topics: list[str]) -> dict[str, int]:
+    """Records not yet committed by `group`, per topic partition (end offset - committed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
+        ends = await consumer.end_offsets(parts)
+        committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+        lag = {}
+        for tp in parts:
+            done = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0
+            lag[f"{tp.topic}[{tp.partition}]"] = ends[tp] - done
+        return lag
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def wait_drained(settings: KafkaSettings, timeout_s: float = 120.0) -> None:
+    """Until the workers and the sink have committed everything written so far."""
+    topics = Topics(settings.topic_prefix)
+    deadline = time.monotonic() + timeout_s
+    groups = (
+        (f"{settings.topic_prefix}worker", list(topics.inputs)),
+        (f"{settings.topic_prefix}sink", topics.all()),
+    )
+    for group, names in groups:
+        while True:
+            lag = {k: v for k, v in (await consumer_lag(settings, group, names)).items() if v}
+            if not lag:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group} still {sum(lag.values())} records behind: {lag}")
+            await asyncio.sleep(1.0)
+
+
 async def create_topics(settings: KafkaSettings) -> list[str]:
     """Creates missing topics (data topics co-partitioned; reference compacted, 1 partition).
     Returns the names created."""
@@ -72,7 +117,7 @@ async def create_topics(settings: KafkaSettings) -> list[str]:
         existing = set(await admin.list_topics())
         wanted = [
             NewTopic(name, settings.partitions, settings.replication)
-            for name in topics.all()
+            for name in [*topics.all(), topics.tick_acks]
             if name not in existing
         ]
         if topics.reference not in existing:

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class Worker:
         self.topology = Topology(settings.processors)
         self.feed = ReferenceFeed(kafka)
         self.processed = 0
+        self.counters: Counter[str] = Counter()  # topology counters (duplicate, late, ...)
         self.reference_ready = asyncio.Event()
         data = Path(settings.store.data_dir) / "faust" / str(os.getpid())
         data.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,7 @@ class Worker:
             self.feed.reference, batch.org_id, batch.device_id, batch.received_ms
         )
         result = self.topology.process(state, batch, ctx)
+        self.counters.update(result.counters)
         await self._emit(result)
         self.states[key] = {"p": partition, "s": state.to_dict()}
 
@@ -194,6 +197,10 @@ class Worker:
             seen["done"] = ready
             await self._tick(Tick(ready, seen.get("final") == ready), partition)
         self.states[key] = seen  # "p": -1 keeps it out of the timers' device scan
+        if self.settings.kafka.tick_acks and self.producer is not None:
+            # Also after a restart that finds the tick already done: the driver waits on it.
+            ack = records.encode_tick(seen["done"])
+            await (await self.producer.send(self.topics.tick_acks, ack, partition=partition))
 
     async def _tick(self, tick: Tick, partition: int) -> None:
         for key, stored in list(self.states.items()):
