@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: venv run test lint fmt clean
+KAFKA_BOOTSTRAP ?= 127.0.0.1:19092
+
+.PHONY: venv run test lint fmt clean kafka-up kafka-down
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating virtualenv $(VENV) and installing fieldtrack (first run takes ~1 min)"
@@ -15,8 +17,22 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# make run: embedded (no broker, no server). make run KAFKA=1: the same day through a local
+# Apache Kafka broker (fetched from Maven Central and started on first use), a Faust worker
+# and the sink.
 run: $(STAMP)
+ifeq ($(KAFKA),1)
+	$(PY) -m pipeline.broker up
+	$(VENV)/bin/fieldtrack run --simulate --kafka $(KAFKA_BOOTSTRAP) $(ARGS)
+else
 	$(VENV)/bin/fieldtrack run --simulate $(ARGS)
+endif
+
+kafka-up: $(STAMP)
+	$(PY) -m pipeline.broker up
+
+kafka-down: $(STAMP)
+	$(PY) -m pipeline.broker down
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

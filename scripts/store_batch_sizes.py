@@ -30,7 +30,9 @@ def main() -> None:
         now = int(time.time() * 1000)
         table = Table("rows per insert", "ms per insert", "rows/s", title="chDB raw_pings inserts")
         for size in SIZES:
-            rows = [Ping("o", f"d{i % 50}", i, now - i * 1000, 52.5, 13.4, 8.0) for i in range(size)]
+            rows = [
+                Ping("o", f"d{i % 50}", i, now - i * 1000, 52.5, 13.4, 8.0) for i in range(size)
+            ]
             columns = spec.to_columns(rows)
             repeats = max(3, min(200, ROWS_PER_SIZE // size))
             started = time.perf_counter()
