@@ -164,6 +164,17 @@ def cmd_devices(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.store.reference import load_devices, save_device
 
     org = args.org or settings.gateway.default_org
+    if settings.kafka.bootstrap and args.action == "add":
+        from pipeline.stream.reference import publish_reference
+
+        schedule = Schedule.parse(args.schedule) if args.schedule else None
+        token = new_token()
+        info = DeviceInfo(org, args.device_id, args.name or args.device_id, schedule)
+        asyncio.run(publish_reference(settings.kafka, devices=[(hash_token(token), info)]))
+        console.print(f"device [bold]{org}/{args.device_id}[/bold] published to Kafka. "
+                      "Its token (shown once):")  # fmt: skip
+        print(token)
+        return 0
     target = open_store(settings)
     if args.action == "add":
         schedule = Schedule.parse(args.schedule) if args.schedule else None
@@ -215,6 +226,12 @@ def cmd_customers(args: argparse.Namespace, settings: Settings) -> int:
         customers = load_customers_file(args.file, org)
     except (ReferenceFileError, OSError) as exc:
         raise SystemExit(f"error: {args.file}: {exc}") from exc
+    if settings.kafka.bootstrap:
+        from pipeline.stream.reference import publish_reference
+
+        asyncio.run(publish_reference(settings.kafka, customers=customers))
+        console.print(f"published {len(customers)} customers for org {org} to Kafka")
+        return 0
     store = store_only(settings, "import customers")
     save_customers(store, customers)
     store.close()
@@ -229,6 +246,16 @@ def cmd_fences(args: argparse.Namespace, settings: Settings) -> int:
     org = args.org or settings.gateway.default_org
     try:
         features = load_fence_features(args.file)
+        if settings.kafka.bootstrap:
+            from pipeline.reference.fences import fence_from_geojson
+            from pipeline.stream.reference import publish_reference
+
+            for feature in features:
+                fence_from_geojson(feature, org)  # validate all before publishing any
+            fences = [(org, f) for f in features]
+            n = asyncio.run(publish_reference(settings.kafka, fences=fences))
+            console.print(f"published {n} fences for org {org} to Kafka")
+            return 0
         store = store_only(settings, "import fences")
         n = save_fences(store, features, org)
     except (ReferenceFileError, OSError, ValueError, KeyError) as exc:
@@ -587,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = dev_sub.add_parser("add", help="register a device and print its token (once)")
     add.add_argument("device_id")
     add.add_argument("--org")
+    add.add_argument("--kafka", metavar="HOST:PORT", help="register on Kafka's reference topic")
     add.add_argument("--name")
     add.add_argument(
         "--schedule",
@@ -601,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     ci = cust_sub.add_parser("import", help="import customers from CSV or GeoJSON")
     ci.add_argument("file")
     ci.add_argument("--org")
+    ci.add_argument("--kafka", metavar="HOST:PORT", help="publish to Kafka's reference topic")
     cust.set_defaults(func=cmd_customers)
 
     fen = sub.add_parser("fences", help="fence reference data")
@@ -608,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi = fen_sub.add_parser("import", help="import fences from GeoJSON")
     fi.add_argument("file")
     fi.add_argument("--org")
+    fi.add_argument("--kafka", metavar="HOST:PORT", help="publish to Kafka's reference topic")
     fen.set_defaults(func=cmd_fences)
 
     sch = sub.add_parser("schema", help="print the ClickHouse DDL")

@@ -416,3 +416,21 @@ def test_broker_down_gateway_answers_503_and_loses_nothing_it_acknowledged(
         return seen
 
     assert set(acked) <= asyncio.run(read_back())  # every 202 is in the log
+
+
+def test_alerts_tail_prints_what_ops_need() -> None:
+    from pipeline.stream.alerts import format_alert
+
+    line = format_alert(
+        {
+            "ts_ms": 1_764_000_000_000,
+            "severity": "critical",
+            "org_id": "acme",
+            "device_id": "rep-7",
+            "type": "forbidden_zone",
+            "message": "entered Casino",
+            "evidence": {"fence_id": "casino", "accuracy_m": "8"},
+        }  # fmt: skip
+    )
+    assert "acme/rep-7" in line and "forbidden_zone" in line and "fence_id=casino" in line
+    assert "2025-11-24 16:00:00" in line
