@@ -201,7 +201,8 @@ class Rig:
         return (self.tmp / f"{command}-{n}.log").read_text(errors="replace")
 
     async def wait_drained(self, timeout_s: float = 90.0) -> None:
-        await wait_drained(self.settings.kafka, timeout_s)
+        # the final tick was acknowledged: every worker is done; the sink must catch up
+        await wait_drained(self.settings.kafka, timeout_s, workers=False)
 
     async def post_day(self, on_step: Callable[[int], Awaitable[None]] | None = None) -> None:
         """The fleet day through a Kafka gateway; `on_step(step number)` can stir things up."""
@@ -430,7 +431,7 @@ def test_alerts_tail_prints_what_ops_need() -> None:
             "type": "forbidden_zone",
             "message": "entered Casino",
             "evidence": {"fence_id": "casino", "accuracy_m": "8"},
-        }  # fmt: skip
+        }
     )
     assert "acme/rep-7" in line and "forbidden_zone" in line and "fence_id=casino" in line
     assert "2025-11-24 16:00:00" in line
