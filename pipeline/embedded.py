@@ -83,6 +83,15 @@ class EmbeddedPipeline:
         """Wait until every queued batch went through the topology."""
         await self.queue.join()
 
+    async def step(self, now_ms: int = 0, *, final: bool = False) -> None:
+        """For a driver that owns the clock (simulation): finish the step's batches, then run
+        the timers; `final` also releases and closes everything and flushes the store."""
+        await self.drain()
+        self.tick_all(final=final)
+        if final:
+            await self.drain()
+            await self.sink.flush()
+
     # -- the IngestSink edge --------------------------------------------------------------
 
     async def ingest(

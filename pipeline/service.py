@@ -83,7 +83,7 @@ class EmbeddedService:
             Validator(self.settings.processors.validate),
             privacy=self.settings.processors.privacy.enabled,
         )
-        admin = AdminHooks(self.admin_token, self._admin_query, self._admin_add_device)
+        admin = AdminHooks(self.admin_token, self._admin_query, self.add_device)
         gateway = Gateway(
             self.settings.gateway,
             self.registry,
@@ -158,14 +158,6 @@ class EmbeddedService:
         store, pipeline = self._require()
         result = await pipeline.sink.call(lambda: store.query(sql, readonly=True))
         return {"columns": result.column_names, "rows": [list(r) for r in result.rows]}
-
-    async def _admin_add_device(self, spec: dict[str, Any]) -> dict[str, Any]:
-        schedule = Schedule.parse(spec["schedule"]) if spec.get("schedule") else None
-        org_id = str(spec.get("org_id") or self.settings.gateway.default_org)
-        token = await self.add_device(
-            org_id, str(spec["device_id"]), spec.get("name", ""), schedule
-        )
-        return {"org_id": org_id, "device_id": spec["device_id"], "token": token}
 
     def _write_instance_file(self) -> None:
         path = instance_file(self.settings)

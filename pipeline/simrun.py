@@ -63,19 +63,9 @@ async def run_simulation(
             d.device_id: await service.add_device(d.org_id, d.device_id, d.name, d.schedule)
             for d in simulation.devices
         }
-        pipeline = service.pipeline
-        assert pipeline is not None
-
-        async def step_done(now_ms: int, *, final: bool = False) -> None:
-            # The embedded driver owns the clock: finish the step's batches, then run timers.
-            await pipeline.drain()
-            pipeline.tick_all(final=final)
-            if final:
-                await pipeline.drain()
-                await pipeline.sink.flush()
-
+        assert service.pipeline is not None
         stats = await post_fleet(
-            service.url, clock, uploads, tokens, step_done, console, show_progress
+            service.url, clock, uploads, tokens, service.pipeline.step, console, show_progress
         )
     except BaseException:
         await service.stop()

@@ -122,14 +122,7 @@ def embedded_facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[tu
                 d.org_id, d.device_id, d.name, d.schedule
             )
 
-        async def step_done(now_ms: int, *, final: bool = False) -> None:
-            await pipeline.drain()
-            pipeline.tick_all(final=final)
-            if final:
-                await pipeline.drain()
-                await pipeline.sink.flush()
-
-        await post_fleet(service.url, clock, sim.uploads, tokens, step_done, QUIET, False)
+        await post_fleet(service.url, clock, sim.uploads, tokens, pipeline.step, QUIET, False)
         facts = fact_rows(service.store, settings.store.database)
         await service.stop()
         return facts

@@ -36,6 +36,7 @@ from pipeline.devices import DeviceInfo, DeviceRegistry
 from pipeline.gateway import protocols
 from pipeline.ingest import IngestSink, IngestUnavailable, Screener, dead_letter
 from pipeline.metrics import Metrics
+from pipeline.reference.models import Schedule
 from pipeline.topology import DeviceBatch
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ class AdminHooks:
 
     token: str
     query: Callable[[str], Awaitable[dict[str, Any]]]
-    add_device: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    # (org_id, device_id, name, schedule) -> the new device's token
+    add_device: Callable[[str, str, str, Schedule | None], Awaitable[str]]
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -321,9 +323,15 @@ class Gateway:
             spec = await request.json()
             if not isinstance(spec, dict) or not spec.get("device_id"):
                 raise ValueError("device_id is required")
-            return web.json_response(await self.admin.add_device(spec), status=201)
+            schedule = Schedule.parse(spec["schedule"]) if spec.get("schedule") else None
+            org_id = str(spec.get("org_id") or self.settings.default_org)
+            device_id = str(spec["device_id"])
+            token = await self.admin.add_device(org_id, device_id, spec.get("name", ""), schedule)
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, str(exc))
+        return web.json_response(
+            {"org_id": org_id, "device_id": device_id, "token": token}, status=201
+        )
 
 
 def _dumps(obj: Any) -> str:

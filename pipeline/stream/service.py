@@ -51,7 +51,7 @@ class KafkaGateway:
             Validator(self.settings.processors.validate),
             privacy=self.settings.processors.privacy.enabled,
         )
-        admin = AdminHooks(self.admin_token, self._query, self._add_device)
+        admin = AdminHooks(self.admin_token, self._query, self.add_device)
         gateway = Gateway(
             self.settings.gateway, self.feed.registry, screener, self.ingest, self.clock,
             self.metrics, admin,
@@ -78,14 +78,6 @@ class KafkaGateway:
         await publish_reference(self.settings.kafka, devices=[(hash_token(token), device)])
         self.feed.registry.add(hash_token(token), device)  # usable before the feed echoes it
         return token
-
-    async def _add_device(self, spec: dict[str, Any]) -> dict[str, Any]:
-        schedule = Schedule.parse(spec["schedule"]) if spec.get("schedule") else None
-        org_id = str(spec.get("org_id") or self.settings.gateway.default_org)
-        token = await self.add_device(
-            org_id, str(spec["device_id"]), spec.get("name", ""), schedule
-        )
-        return {"org_id": org_id, "device_id": spec["device_id"], "token": token}
 
     async def _query(self, sql: str) -> dict[str, Any]:
         if self.store is None:
