@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 
 KAFKA_BOOTSTRAP ?= 127.0.0.1:19092
 
-.PHONY: venv run test lint fmt clean kafka-up kafka-down
+.PHONY: venv run test lint fmt clean kafka-up kafka-down evaluate
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating virtualenv $(VENV) and installing fieldtrack (first run takes ~1 min)"
@@ -27,6 +27,9 @@ ifeq ($(KAFKA),1)
 else
 	$(VENV)/bin/fieldtrack run --simulate $(ARGS)
 endif
+
+evaluate: $(STAMP)
+	$(VENV)/bin/fieldtrack evaluate $(ARGS)
 
 kafka-up: $(STAMP)
 	$(PY) -m pipeline.broker up

@@ -384,6 +384,20 @@ def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
     return _until_signal(serve)
 
 
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.evaluate.report import print_report, run_suite, write_json
+    from pipeline.evaluate.runner import HELD_OUT_SEEDS, TUNING_SEEDS
+
+    seeds = TUNING_SEEDS if args.seeds == "tuning" else HELD_OUT_SEEDS
+    result = run_suite(seeds=seeds, quick=args.quick, settings=settings.processors,
+                       console=console)  # fmt: skip
+    print_report(result, console)
+    if args.json:
+        write_json(result, Path(args.json))
+        console.print(f"[dim]written to {args.json}[/dim]")
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.stream.alerts import tail_alerts
 
@@ -639,6 +653,23 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--org")
     fi.add_argument("--kafka", metavar="HOST:PORT", help="publish to Kafka's reference topic")
     fen.set_defaults(func=cmd_fences)
+
+    ev = sub.add_parser(
+        "evaluate", help="score every detector on simulated scenarios against ground truth"
+    )
+    ev.add_argument(
+        "--seeds",
+        choices=("held-out", "tuning"),
+        default="held-out",
+        help="report on the held-out seeds (default) or tune on the tuning seeds",
+    )
+    ev.add_argument("--quick", action="store_true", help="one scenario of each family")
+    ev.add_argument(
+        "--json",
+        default="results/evaluation.json",
+        help="where to write the result (default results/evaluation.json)",
+    )
+    ev.set_defaults(func=cmd_evaluate)
 
     sch = sub.add_parser("schema", help="print the ClickHouse DDL")
     sch.set_defaults(func=cmd_schema)

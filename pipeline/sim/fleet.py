@@ -776,6 +776,7 @@ def _simulate_device(
     midnight_ms: int,
     ping_ms: int,
     upload_ms: int,
+    noise_scale: float = 1.0,
 ) -> _DeviceDay:
     plan = _DayPlanner(city, device, rng, midnight_ms).plan()
     track = plan.track
@@ -802,8 +803,8 @@ def _simulate_device(
     true_bearing = np.degrees(np.arctan2(vx, vy))[seg] % 360.0
 
     # --- accuracy and noise
-    base = rng.uniform(5.0, 9.0)
-    acc = np.clip(base * np.exp(0.35 * _ar1(rng, m, 0.9)), 3.0, 30.0)
+    base = rng.uniform(5.0, 9.0) * noise_scale
+    acc = np.clip(base * np.exp(0.35 * _ar1(rng, m, 0.9)), 3.0, 30.0 * noise_scale)
     sigma = acc * NOISE_SIGMA_PER_ACCURACY
     rx = tx + sigma * _ar1(rng, m, NOISE_CORRELATION)
     ry = ty + sigma * _ar1(rng, m, NOISE_CORRELATION)
@@ -1198,8 +1199,12 @@ def simulate(
     ping_interval_s: float = 5.0,
     upload_interval_s: float = 60.0,
     profiles: dict[str, str] | None = None,
+    noise_scale: float = 1.0,
 ) -> Simulation:
     """Simulate `reps` devices for one work day.
+
+    `noise_scale` multiplies every phone's accuracy, and so its GPS noise (1.0: typical
+    accuracy 5-9 m with bursts to 30 m; 4.0: a 20-36 m phone, e.g. indoors or a cheap GPS).
 
     `day` defaults to `default_sim_day(today)` (a weekday; weekends have no work hours).
     `profiles` maps device ids ("rep-001"...) to profile names; devices it does not name are
@@ -1226,6 +1231,7 @@ def simulate(
                 midnight_ms,
                 round(ping_interval_s * 1000),
                 round(upload_interval_s * 1000),
+                noise_scale,
             )
         )
     return Simulation(city, day, seed, days)

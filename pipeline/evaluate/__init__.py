@@ -1,0 +1,1 @@
+"""Scoring the pipeline against the simulator's ground truth (`fieldtrack evaluate`)."""
