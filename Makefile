@@ -29,6 +29,7 @@ else
 endif
 
 evaluate: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[eval]"
 	$(VENV)/bin/fieldtrack evaluate $(ARGS)
 
 kafka-up: $(STAMP)
