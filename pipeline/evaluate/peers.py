@@ -198,16 +198,26 @@ def trackintel_visits(
             gap_threshold=gap_threshold_min,
             include_last=include_last,
         )
-    matcher = _CustomerMatcher(customers)
+    stays = (
+        (*keys[int(user_id)], started, finished, point)
+        for user_id, started, finished, point in zip(
+            staypoints["user_id"].tolist(),
+            staypoints["started_at"].tolist(),
+            staypoints["finished_at"].tolist(),
+            staypoints.geometry.tolist(),
+            strict=True,
+        )
+    )
+    return _stays_to_visits(_CustomerMatcher(customers), stays)
+
+
+def _stays_to_visits(
+    matcher: _CustomerMatcher, stays: Iterable[tuple[str, str, Any, Any, Any]]
+) -> list[dict[str, Any]]:
+    """(org, device, start, end, centre point) stays -> visits at the customer whose radius
+    holds the centre; stays near no customer are not visits."""
     visits: list[dict[str, Any]] = []
-    for user_id, started, finished, point in zip(
-        staypoints["user_id"].tolist(),
-        staypoints["started_at"].tolist(),
-        staypoints["finished_at"].tolist(),
-        staypoints.geometry.tolist(),
-        strict=True,
-    ):
-        org_id, device_id = keys[int(user_id)]
+    for org_id, device_id, started, finished, point in stays:
         customer_id = matcher.match(org_id, point.y, point.x)
         if customer_id is not None:
             visits.append(
@@ -240,9 +250,8 @@ def movingpandas_visits(
         warnings.simplefilter("ignore")
         import movingpandas as mpd
 
-    matcher = _CustomerMatcher(customers)
     min_duration = dt.timedelta(seconds=min_duration_s)
-    visits: list[dict[str, Any]] = []
+    stays: list[tuple[str, str, Any, Any, Any]] = []
     for (org_id, device_id), fixes in _by_device(pings).items():
         if len(fixes) < 2:  # a Trajectory needs two points
             continue
@@ -259,24 +268,16 @@ def movingpandas_visits(
             )
         if len(stops) == 0:
             continue
-        for started, ended, point in zip(
-            stops["start_time"].tolist(),
-            stops["end_time"].tolist(),
-            stops.geometry.tolist(),
-            strict=True,
-        ):
-            customer_id = matcher.match(org_id, point.y, point.x)
-            if customer_id is not None:
-                visits.append(
-                    {
-                        "device_id": device_id,
-                        "customer_id": customer_id,
-                        "arrive_ms": _to_ms(started),
-                        "leave_ms": _to_ms(ended),
-                    }
-                )
-    visits.sort(key=lambda v: (v["device_id"], v["arrive_ms"]))
-    return visits
+        stays.extend(
+            (org_id, device_id, started, ended, point)
+            for started, ended, point in zip(
+                stops["start_time"].tolist(),
+                stops["end_time"].tolist(),
+                stops.geometry.tolist(),
+                strict=True,
+            )
+        )
+    return _stays_to_visits(_CustomerMatcher(customers), stays)
 
 
 # --- filterpy -------------------------------------------------------------------------------
