@@ -8,7 +8,7 @@ from functools import cache
 from typing import Any
 
 from pipeline.config import ProcessorSettings
-from pipeline.evaluate.realtracks import replay_all
+from pipeline.evaluate.realtracks import REAL_TRACKS, replay_all
 from pipeline.evaluate.report import pooled
 from pipeline.evaluate.runner import TUNING_SEEDS, run_scenario, scenario_suite
 
@@ -49,6 +49,9 @@ def test_fences_and_mileage_floor() -> None:
 
 
 def test_real_tracks_raise_no_spoof_alert_and_are_all_accepted() -> None:
+    assert REAL_TRACKS.is_dir(), (
+        f"real tracks not found at {REAL_TRACKS} (../shared beside the clone)"
+    )
     reports = replay_all()
     assert len(reports) == 8
     for report in reports:

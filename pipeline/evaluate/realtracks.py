@@ -12,6 +12,7 @@ run between uploads. A device without a schedule is tracked at all hours.
 from __future__ import annotations
 
 import csv
+import os
 import datetime as dt
 import itertools
 from collections import Counter
@@ -27,7 +28,13 @@ from pipeline.processors.validate import Validator
 from pipeline.reference import ReferenceData
 from pipeline.topology import DeviceBatch, Topology
 
-REAL_TRACKS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-tracks"
+# The shared data sits beside the project's clone; FIELDTRACK_REAL_TRACKS points elsewhere.
+REAL_TRACKS = Path(
+    os.environ.get(
+        "FIELDTRACK_REAL_TRACKS",
+        Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-tracks",
+    )
+)
 UPLOAD_FIXES = 12
 ORG = "real"
 
