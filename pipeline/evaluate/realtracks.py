@@ -12,9 +12,9 @@ run between uploads. A device without a schedule is tracked at all hours.
 from __future__ import annotations
 
 import csv
-import os
 import datetime as dt
 import itertools
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
