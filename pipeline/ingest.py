@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from pipeline import codec
 from pipeline.codec import RecordError
 from pipeline.devices import DeviceInfo
 from pipeline.events import DeadLetter, DeviceState, Ping, make_id
@@ -68,12 +69,17 @@ class Screener:
         self,
         device: DeviceInfo,
         received_ms: int,
-        pings: list[tuple[int, Ping]],
-        states: list[tuple[int, DeviceState]],
+        pings: list[Ping],
+        states: list[DeviceState],
         decode_errors: list[RecordError],
         source: str = "gateway",
     ) -> Screened:
-        """`pings`/`states` are (index in the request, record) pairs."""
+        """Decoded records in request order (a request holds pings or states) plus the decode
+        errors; a rejection names the record's index in the request."""
+        bad = {e.index for e in decode_errors}
+        good = [i for i in range(len(pings) + len(states) + len(bad)) if i not in bad]
+        indexed_pings = list(zip(good, pings, strict=False))
+        indexed_states = list(zip(good, states, strict=False))
         out = Screened(DeviceBatch(device.org_id, device.device_id, received_ms=received_ms))
         for err in decode_errors:
             out.rejected.append(Rejection(err.index, err.reason))
@@ -81,7 +87,7 @@ class Screener:
                 dead_letter(device, received_ms, source, err.reason, err.raw, err.index)
             )
         future_ms = received_ms + int(self.validator.params.max_future_s * 1000)
-        for index, ping in pings:
+        for index, ping in indexed_pings:
             reason = self.validator.check(ping, received_ms)
             if reason:
                 if ping.ts_ms > future_ms:
@@ -94,7 +100,7 @@ class Screener:
                 out.outside_hours += 1  # privacy: never stored, only counted
             else:
                 out.batch.pings.append(ping)
-        for index, state in states:
+        for index, state in indexed_states:
             reason = self.validator.check_state(state, received_ms)
             if reason:
                 payload = json.dumps(asdict(state), separators=(",", ":")).encode()
@@ -106,3 +112,21 @@ class Screener:
                 out.batch.states.append(state)
         out.rejected.sort(key=lambda r: r.index)
         return out
+
+    def screen_json(
+        self,
+        device: DeviceInfo,
+        received_ms: int,
+        endpoint: str,
+        records: list[dict[str, Any]],
+        source: str,
+    ) -> Screened:
+        """Records in the gateway's JSON format, as `POST /v1/<endpoint>` would get them (for
+        drivers that read files or simulations instead of HTTP)."""
+        body = json.dumps(records).encode()
+        ids = {"org_id": device.org_id, "device_id": device.device_id, "received_ms": received_ms}
+        if endpoint == "pings":
+            pings, errors = codec.decode_pings_json(body, **ids)
+            return self.screen(device, received_ms, pings, [], errors, source)
+        states, errors = codec.decode_states_json(body, **ids)
+        return self.screen(device, received_ms, [], states, errors, source)

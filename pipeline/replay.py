@@ -26,7 +26,6 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline import codec
 from pipeline.clock import ManualClock
 from pipeline.config import Settings
 from pipeline.devices import DeviceInfo, DeviceRegistry
@@ -204,26 +203,8 @@ def _screen(
     now_ms: int,
     counts: dict[str, int],
 ) -> tuple[DeviceBatch, list[Any]]:
-    body = json.dumps(upload.records).encode()
-    ids = {"org_id": device.org_id, "device_id": device.device_id, "received_ms": now_ms}
-    total = len(upload.records)
-    if upload.endpoint == "pings":
-        pings, errors = codec.decode_pings_json(body, **ids)
-        states: list[Any] = []
-    else:
-        states, errors = codec.decode_states_json(body, **ids)
-        pings = []
-    bad = {e.index for e in errors}
-    good = [i for i in range(total) if i not in bad]
-    screened = screener.screen(
-        device,
-        now_ms,
-        list(zip(good, pings, strict=False)),
-        list(zip(good, states, strict=False)),
-        errors,
-        source="replay",
-    )
-    counts["records"] += total
+    screened = screener.screen_json(device, now_ms, upload.endpoint, upload.records, "replay")
+    counts["records"] += len(upload.records)
     counts["accepted"] += len(screened.batch.pings) + len(screened.batch.states)
     counts["rejected"] += len(screened.rejected)
     counts["outside_hours"] += screened.outside_hours

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.clock import ManualClock
-from pipeline.config import Settings
+from pipeline.config import KafkaSettings, Settings
 from pipeline.metrics import Metrics
 from pipeline.reference.loader import load_customers_file, load_fence_features
 from pipeline.reference.models import Customer
@@ -185,6 +185,29 @@ def _clock_text(now_ms: int) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M UTC")
 
 
+async def prepare_kafka_fleet(
+    kafka: KafkaSettings,
+    city: City,
+    simulation: Simulation,
+    customers: list[Customer],
+    features: list[dict[str, Any]],
+) -> dict[str, str]:
+    """Topics, and the reference topic filled with the city and the fleet's devices; returns
+    each device's token (the phones' credentials for the gateway)."""
+    from pipeline.devices import DeviceInfo, hash_token, new_token
+    from pipeline.stream.reference import publish_reference
+    from pipeline.stream.topics import create_topics
+
+    await create_topics(kafka)
+    tokens, devices = {}, []
+    for d in simulation.devices:
+        tokens[d.device_id] = token = new_token()
+        devices.append((hash_token(token), DeviceInfo(d.org_id, d.device_id, d.name, d.schedule)))
+    fences = [(city.org_id, f) for f in features]
+    await publish_reference(kafka, customers=customers, fences=fences, devices=devices)
+    return tokens
+
+
 @dataclass
 class KafkaSimRun:
     """A finished simulated day on Kafka: gateway, Faust worker and sink in this process."""
@@ -200,12 +223,10 @@ async def run_simulation_on_kafka(
     """The same fleet through gateway -> Kafka -> Faust worker -> sink -> store. The driver
     owns the clock, so it writes the Tick records itself (into both input topics, every
     partition) after each step; the worker's own timer is off."""
-    from pipeline.devices import DeviceInfo, hash_token, new_token
-    from pipeline.stream.reference import publish_reference
     from pipeline.stream.service import KafkaGateway
     from pipeline.stream.sink import KafkaSink
     from pipeline.stream.ticks import TickDriver
-    from pipeline.stream.topics import create_topics, wait_drained
+    from pipeline.stream.topics import wait_drained
     from pipeline.stream.worker import Worker
 
     kafka = settings.kafka
@@ -213,15 +234,8 @@ async def run_simulation_on_kafka(
     kafka.tick_acks = True  # ... and waits for each to be processed, like the embedded drain
     city, simulation = _simulation(settings)
     uploads = simulation.uploads
-    await create_topics(kafka)
     customers, features = _reference_files(city, settings.sim.seed)
-    tokens, devices = {}, []
-    for d in simulation.devices:
-        tokens[d.device_id] = token = new_token()
-        devices.append((hash_token(token), DeviceInfo(d.org_id, d.device_id, d.name, d.schedule)))
-    await publish_reference(
-        kafka, customers=customers, fences=[(city.org_id, f) for f in features], devices=devices
-    )
+    tokens = await prepare_kafka_fleet(kafka, city, simulation, customers, features)
     store = Store(settings.store)
     store.apply_schema()
     clock = ManualClock(uploads[0].send_ms if uploads else 0)

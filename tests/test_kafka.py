@@ -29,17 +29,15 @@ from rich.console import Console
 from pipeline.broker import BrokerError, LocalKafka, java_available
 from pipeline.clock import ManualClock
 from pipeline.config import Settings, StoreSettings
-from pipeline.devices import DeviceInfo, hash_token, new_token
 from pipeline.service import EmbeddedService
 from pipeline.sim import build_city, default_sim_day, simulate
-from pipeline.simrun import post_fleet
+from pipeline.simrun import post_fleet, prepare_kafka_fleet
 from pipeline.store.client import Store
 from pipeline.store.reference import save_customers, save_fences
 from pipeline.stream import records
-from pipeline.stream.reference import publish_reference
 from pipeline.stream.service import KafkaGateway
 from pipeline.stream.ticks import TickDriver
-from pipeline.stream.topics import Topics, create_topics, wait_drained
+from pipeline.stream.topics import Topics, wait_drained
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI") == "true"
@@ -165,17 +163,8 @@ class Rig:
 
     async def prepare(self) -> None:
         city, sim = fleet_day()
-        await create_topics(self.settings.kafka)
-        devices = []
-        for d in sim.devices:
-            self.tokens[d.device_id] = token = new_token()
-            devices.append((hash_token(token), DeviceInfo(d.org_id, d.device_id, d.name,
-                                                          d.schedule)))  # fmt: skip
-        await publish_reference(
-            self.settings.kafka,
-            customers=city.customers,
-            fences=[(city.org_id, f) for f in city.fence_features],
-            devices=devices,
+        self.tokens = await prepare_kafka_fleet(
+            self.settings.kafka, city, sim, city.customers, city.fence_features
         )
 
     def start(self, command: str, n: int) -> subprocess.Popen[bytes]:

@@ -13,13 +13,11 @@ never looks at.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import codec
 from pipeline.config import ProcessorSettings
 from pipeline.devices import DeviceInfo
 from pipeline.evaluate import scorers
@@ -134,21 +132,9 @@ def drive(sim: Simulation, ref: ReferenceData, settings: ProcessorSettings) -> t
         now = (step + 1) * STEP_MS
         for upload in steps[step]:
             device = devices[upload.device_id]
-            body = json.dumps(upload.records).encode()
-            ids = {"org_id": device.org_id, "device_id": device.device_id, "received_ms": now}
             if upload.endpoint == "pings":
-                pings, errors = codec.decode_pings_json(body, **ids)
-                states_in: list[Any] = []
                 offered += len(upload.records)
-            else:
-                states_in, errors = codec.decode_states_json(body, **ids)
-                pings = []
-            bad = {e.index for e in errors}
-            good = [i for i in range(len(upload.records)) if i not in bad]
-            screened = screener.screen(
-                device, now, list(zip(good, pings, strict=False)),
-                list(zip(good, states_in, strict=False)), errors,
-            )  # fmt: skip
+            screened = screener.screen_json(device, now, upload.endpoint, upload.records, "sim")
             accepted.extend(screened.batch.pings)
             state = states.setdefault(device.device_id, topology.initial_state())
             ctx = topology.context(ref, device.org_id, device.device_id, now)

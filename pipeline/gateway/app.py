@@ -163,11 +163,7 @@ class Gateway:
         if total > self.settings.max_batch_records:
             limit = self.settings.max_batch_records
             return 413, {"error": f"{total} records in one request; the limit is {limit}"}, None
-        bad = {e.index for e in errors}
-        good = [i for i in range(total) if i not in bad]
-        indexed_pings = list(zip(good, pings, strict=False))
-        indexed_states = list(zip(good, states, strict=False))
-        screened = self.screener.screen(device, received_ms, indexed_pings, indexed_states, errors)
+        screened = self.screener.screen(device, received_ms, pings, states, errors)
         accepted = len(screened.batch.pings) + len(screened.batch.states)
         try:
             await asyncio.wait_for(
