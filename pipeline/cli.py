@@ -389,12 +389,18 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.evaluate.runner import HELD_OUT_SEEDS, TUNING_SEEDS
 
     seeds = TUNING_SEEDS if args.seeds == "tuning" else HELD_OUT_SEEDS
-    result = run_suite(seeds=seeds, quick=args.quick, settings=settings.processors,
-                       console=console)  # fmt: skip
+    try:
+        result = run_suite(seeds=seeds, quick=args.quick, settings=settings.processors,
+                           console=console, only=args.scenario,
+                           with_peers=not args.no_peers)  # fmt: skip
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     print_report(result, console)
-    if args.json:
-        write_json(result, Path(args.json))
-        console.print(f"[dim]written to {args.json}[/dim]")
+    partial = bool(args.scenario or args.quick or args.no_peers)
+    json_path = args.json or (None if partial else "results/evaluation.json")
+    if json_path:
+        write_json(result, Path(json_path))
+        console.print(f"[dim]written to {json_path}[/dim]")
     return 0
 
 
@@ -665,9 +671,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--quick", action="store_true", help="one scenario of each family")
     ev.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME",
+        help="only this scenario (repeatable); the result is then not written unless --json is",
+    )
+    ev.add_argument("--no-peers", action="store_true", help="skip the peer libraries")
+    ev.add_argument(
         "--json",
-        default="results/evaluation.json",
-        help="where to write the result (default results/evaluation.json)",
+        default=None,
+        help="where to write the result (default results/evaluation.json for a full run)",
     )
     ev.set_defaults(func=cmd_evaluate)
 

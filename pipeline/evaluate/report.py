@@ -143,10 +143,18 @@ def run_suite(
     settings: ProcessorSettings | None = None,
     console: Console | None = None,
     with_peers: bool = True,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     settings = settings or ProcessorSettings()
     console = console or Console()
     suite = scenario_suite(quick)
+    if only:
+        unknown = set(only) - {s.name for s in suite}
+        if unknown:
+            raise ValueError(
+                f"unknown scenarios {sorted(unknown)}; known: {[s.name for s in suite]}"
+            )
+        suite = [s for s in suite if s.name in only]
     outcomes: list[Outcome] = []
     started = time.perf_counter()
     with Progress(console=console, transient=True) as progress:
