@@ -284,8 +284,8 @@ def test_hidden_parked_spoofer_static_one_alert_including_the_jump() -> None:
     assert again[0].id == a.id
 
 
-def test_static_needs_gps_provider_dense_fixes_and_longer_span_if_accuracy_varies() -> None:
-    fused = [ping(i, 5 * i, LAT0, LON0, 5.0, provider="fused") for i in range(200)]
+def test_static_needs_dense_fixes_and_longer_span_if_accuracy_varies_or_not_gps() -> None:
+    fused = [ping(i, 5 * i, LAT0, LON0, 5.0, provider="fused") for i in range(170)]  # 845 s
     sparse = [ping(i, 60 * i, LAT0, LON0, 20.0) for i in range(40)]  # a cached fix a minute
     varying = [ping(i, 5 * i, LAT0, LON0, 5.0 + i % 7) for i in range(200)]  # 1000 s
     for pings in (fused, sparse, varying):
@@ -294,6 +294,25 @@ def test_static_needs_gps_provider_dense_fixes_and_longer_span_if_accuracy_varie
     longer = [ping(i, 5 * i, LAT0, LON0, 5.0 + i % 7) for i in range(400)]  # 2000 s
     alerts, _ = run(longer)
     assert types(alerts) == ["spoof_static"] and alerts[0].evidence["accuracy_m"] == "varies"
+    fused_longer = [ping(i, 5 * i, LAT0, LON0, 5.0, provider="fused") for i in range(190)]
+    alerts, _ = run(fused_longer)  # 945 s of a fused fix frozen with fresh times
+    assert types(alerts) == ["spoof_static"] and "fused" in alerts[0].message
+    fused_varying = [ping(i, 5 * i, LAT0, LON0, 5.0 + i % 7, provider="fused") for i in range(800)]
+    assert run(fused_varying)[0] == []
+
+
+def test_each_frozen_spot_is_its_own_episode_and_a_mock_pause_ends_a_mock_episode() -> None:
+    here = [ping(i, 5 * i, LAT0, LON0, 5.0) for i in range(80)]  # 400 s frozen
+    lat1, lon1 = offset(LAT0, LON0, 300.0, 0.0)
+    there = [ping(80 + i, 5 * (100 + i), lat1, lon1, 5.0) for i in range(80)]  # 100 s later
+    alerts, _ = run(here + there)
+    assert types(alerts) == ["spoof_static", "spoof_static"]
+    mock_a = [ping(i, 5 * i, LAT0, LON0, 3.0, is_mock=True) for i in range(20)]
+    real = [ping(20 + i, 100 + 5 * i, lat1, lon1, 8.0 + i % 3) for i in range(12)]  # 55 s
+    mock_b = [ping(32 + i, 200 + 5 * i, LAT0, LON0, 3.0, is_mock=True) for i in range(20)]
+    assert types(run(mock_a + real + mock_b)[0]) == ["spoof_mock_flag", "spoof_mock_flag"]
+    short_pause = real[:4]  # 15 s of real fixes: the same mock episode
+    assert types(run(mock_a + short_pause + mock_b)[0]) == ["spoof_mock_flag"]
 
 
 # ---- rule 6: constant accuracy ------------------------------------------------------------

@@ -14,6 +14,12 @@ Rules and their parameters (`SpoofParams`, defaults in brackets):
 1. Mock flag -> SPOOF_MOCK_FLAG (critical): a ping with `is_mock=True`. Evidence: the first
    mock fix of the episode (time, position) and how many mock fixes the batch held.
    Mock fixes are skipped by the geometric rules below (the phone already confessed).
+   - `mock_clear_s` [300 s]: real (non-mock) fixes spanning this long after the last mock fix
+     end the episode, so the next mock fix opens a new one. A parked spoofer who fakes each
+     visit separately gets one alert per fake visit (a manager judges visits, not days):
+     with only `episode_gap_s` the tuning seeds' mock spoofer was one alert per day and 6 of
+     27 fake-visit episodes were reported; the sim's fake visits are 10+ min apart, and a mock
+     app that pauses for under 5 min stays one episode.
 2. Device integrity -> SPOOF_DEVICE_INTEGRITY: DeviceState kinds mock_app_detected and
    emulator (critical), rooted and developer_mode_on (warning); one alert per kind per episode.
    - `integrity_episode_gap_s` [43200 = 12 h]: a repeated report of the same kind within this
@@ -37,16 +43,22 @@ Rules and their parameters (`SpoofParams`, defaults in brackets):
    within a customer's radius (+ `jump_back_customer_extra_m` [25 m]). A jump at least
    `teleport_min_m` long that is not at a customer is reported as a teleport instead; shorter
    out-and-back spikes that are not at a customer are treated as glitches.
-5. Zero-jitter static position -> SPOOF_STATIC (critical): consecutive fixes of a provider in
-   `static_providers` ["gps"] with EXACTLY identical lat/lon, at least `static_min_fixes` [20]
-   of them, each within `static_max_gap_s` [30 s] of the previous, accuracy at most
-   `static_max_accuracy_m` [100 m], spanning >= `static_min_s` [300 s] when the accuracy is
-   identical too, or >= `static_min_s_any_accuracy` [1800 s] when it varies (0 disables).
-   A fresh GNSS fix never repeats to the last digit for minutes; network/fused providers
-   legitimately repeat cached fixes, and sparse samplers (a fix a minute or rarer) may resend
-   the last fix, hence the provider and gap limits. The hidden-flag parked spoofer (static fake
-   position at a customer) is the main case; a teleport into such a spot is reported inside
-   the static alert (evidence `arrived_by_jump_m`) rather than as a second alert.
+5. Zero-jitter static position -> SPOOF_STATIC (critical): consecutive fixes with EXACTLY
+   identical lat/lon, at least `static_min_fixes` [20] of them, each within `static_max_gap_s`
+   [30 s] of the previous, accuracy at most `static_max_accuracy_m` [100 m]. From a provider
+   in `static_providers` ["gps"] the run must span >= `static_min_s` [300 s] when the accuracy
+   is identical too, or >= `static_min_s_any_accuracy` [1800 s] when it varies (0 disables).
+   From any other provider (fused, network) it must span >= `static_min_s_other_providers`
+   [900 s] with identical accuracy too (0 disables): those providers legitimately resend a
+   cached fix for a while, but not a quarter of an hour of fixes with fresh times at a 30 s
+   cadence. On the tuning seeds a hidden-flag spoofer whose phone reports "fused" went
+   undetected on 7 of 9 fake visits with GPS-only; its shortest fake visit is 21 min.
+   A fresh GNSS fix never repeats to the last digit for minutes; sparse samplers (a fix a
+   minute or rarer) may resend the last fix, hence the gap limit. Each frozen spot is its own
+   episode (a spoofer parks the fake position at one customer after another: each fake visit
+   is reported). The hidden-flag parked spoofer (static fake position at a customer) is the
+   main case; a teleport into such a spot is reported inside the static alert (evidence
+   `arrived_by_jump_m`) rather than as a second alert.
 6. Constant accuracy on a too-perfect route -> SPOOF_CONSTANT_ACCURACY (warning): at least
    `constant_accuracy_min_fixes` [60] consecutive fixes with the exact same accuracy_m while
    moving, where at least `constant_accuracy_min_moving` [20] moving triples were seen and a
@@ -134,6 +146,7 @@ class SpoofParams:
     """Spoof-detection thresholds; see the module docstring for what each one does."""
 
     episode_gap_s: float = 1800.0
+    mock_clear_s: float = 30.0
     integrity_episode_gap_s: float = 43200.0
     visit_margin_s: float = 600.0
     teleport_speed_mps: float = 100.0
@@ -148,6 +161,7 @@ class SpoofParams:
     static_min_fixes: int = 20
     static_min_s: float = 300.0
     static_min_s_any_accuracy: float = 1800.0
+    static_min_s_other_providers: float = 900.0
     static_max_gap_s: float = 30.0
     static_max_accuracy_m: float = 100.0
     constant_accuracy_min_fixes: int = 60
@@ -168,6 +182,8 @@ class SpoofState(SerialisableState):
 
     # Open episodes: key (alert type, or "integrity:<kind>") -> [start_ms, last_ms].
     episodes: dict[str, list[int]] = field(default_factory=dict)
+    # Event time of the latest real fix after the last mock fix (0: none since).
+    real_after_mock_ms: int = 0
     # Teleport / jump-back: last on-track fix, start of its stale (frozen) run, pending jump.
     anchor: list[float] | None = None
     anchor_since_ms: int = 0
@@ -283,6 +299,17 @@ class SpoofDetector:
             ev.kind,
         )
 
+    def _mock_episode(self, state: SpoofState, ts_ms: int) -> int | None:
+        mock = state.episodes.get("mock")
+        cleared = (
+            mock is not None and state.real_after_mock_ms - mock[1] >= self.p.mock_clear_s * 1000
+        )
+        state.real_after_mock_ms = 0
+        if cleared:
+            state.episodes["mock"] = [ts_ms, ts_ms]
+            return ts_ms
+        return self._episode(state, "mock", ts_ms, self.p.episode_gap_s)
+
     # ---- pings ----------------------------------------------------------------------------
 
     def process(self, state: SpoofState, pings: list[Ping], ctx: Ctx, out: Result) -> None:
@@ -293,13 +320,16 @@ class SpoofDetector:
             if ping.received_ms:
                 self.observe_clock(state, ping, ctx, out)
             if ping.is_mock:
-                start = self._episode(state, "mock", ping.ts_ms, self.p.episode_gap_s)
+                start = self._mock_episode(state, ping.ts_ms)
                 if start is not None:
                     if mock_first is not None:  # a second episode inside one batch
                         self._mock_alert(ctx, out, mock_first, mock_start, mock_count)
                     mock_first, mock_start, mock_count = ping, start, 0
                 mock_count += 1
                 continue
+            mock = state.episodes.get("mock")
+            if mock is not None and ping.ts_ms > mock[1]:
+                state.real_after_mock_ms = ping.ts_ms
             self._static(state, ping, ctx, out)
             self._constant_accuracy(state, ping, ctx, out)
             if ping.accuracy_m > self.p.unknown_accuracy_m:
@@ -419,7 +449,7 @@ class SpoofDetector:
 
     def _static(self, state: SpoofState, ping: Ping, ctx: Ctx, out: Result) -> None:
         p = self.p
-        if ping.provider not in self.static_providers or ping.accuracy_m > p.static_max_accuracy_m:
+        if ping.accuracy_m > p.static_max_accuracy_m:
             return
         run = state.static
         if (
@@ -438,12 +468,18 @@ class SpoofDetector:
         if run[5] < p.static_min_fixes:
             return
         span_s = (run[1] - run[0]) / 1000
-        need_s = p.static_min_s if run[4] >= 0 else p.static_min_s_any_accuracy
+        if ping.provider in self.static_providers:
+            need_s = p.static_min_s if run[4] >= 0 else p.static_min_s_any_accuracy
+        else:
+            need_s = p.static_min_s_other_providers if run[4] >= 0 else 0.0
         if need_s <= 0 or span_s < need_s:
             return
-        start = self._episode(state, "static", int(run[0]), p.episode_gap_s)
-        if start is None:
+        episode = state.episodes.get("static")
+        if episode is not None and episode[0] == int(run[0]):  # this spot is already reported
+            episode[1] = ping.ts_ms
             return
+        start = int(run[0])
+        state.episodes["static"] = [start, ping.ts_ms]
         exc = state.excursion
         if (
             exc is not None
@@ -467,7 +503,7 @@ class SpoofDetector:
             ping.ts_ms,
             Severity.CRITICAL,
             f"Position frozen to the last digit at {run[2]:.6f}, {run[3]:.6f} for "
-            f"{span_s / 60:.0f} min ({int(run[5])} GPS fixes"
+            f"{span_s / 60:.0f} min ({int(run[5])} {ping.provider} fixes"
             f"{', identical accuracy' if same_acc else ''}): real GPS always jitters.",
             evidence(
                 rule="static_zero_jitter",
