@@ -153,6 +153,13 @@ class Dwell:
     version: int = 0
 
 
+class VisitDoubt(StrEnum):
+    """Why a visit is not verified, besides anti-cheat alert types."""
+
+    ARRIVAL_NOT_OBSERVED = "arrival_not_observed"
+    DEPARTURE_NOT_OBSERVED = "departure_not_observed"
+
+
 @dataclass(slots=True)
 class Visit:
     """A dwell at a customer: the verified visit a manager sees."""
@@ -167,9 +174,10 @@ class Visit:
     minutes: float
     distance_m: float  # dwell centre to customer location
     customer_grade: str = ""
-    # False when an anti-cheat episode overlaps the visit: a manager must not count it.
+    # False when an anti-cheat episode overlaps the visit, or its arrival or departure was not
+    # observed (tracking started or stopped there): a manager must not count it as proven.
     verified: bool = True
-    suspect_alerts: str = ""  # comma-separated alert types behind verified=False
+    suspect_alerts: str = ""  # comma-separated alert types / VisitDoubt values behind it
 
 
 @dataclass(slots=True)

@@ -163,4 +163,4 @@ class Topology:
             suspect = self.spoof.suspect_alerts(state.spoof, visit.arrive_ms, visit.leave_ms)
             if suspect:
                 visit.verified = False
-                visit.suspect_alerts = ",".join(suspect)
+                visit.suspect_alerts = ",".join(filter(None, (visit.suspect_alerts, *suspect)))

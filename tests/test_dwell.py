@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 from pipeline.events import Dwell, TrackPoint
 from pipeline.geo import LocalFrame, haversine_m
@@ -11,7 +12,7 @@ from pipeline.processors.base import Ctx, Result
 from pipeline.processors.dwell import DwellDetector, DwellParams, DwellState
 from pipeline.reference import ReferenceData
 from pipeline.reference.customers import CustomerIndex
-from pipeline.reference.models import Customer
+from pipeline.reference.models import Customer, Schedule
 
 FRAME = LocalFrame(52.5, 13.4)
 T0 = 1_700_000_000_000
@@ -420,3 +421,23 @@ def test_dwell_records_carry_device_identity() -> None:
     out = run(points(still(0.0, 0.0, 0.0, 400.0)), make_ctx())
     assert all(isinstance(d, Dwell) and (d.org_id, d.device_id) == (ORG, DEV) for d in out.dwells)
     assert out.dwells[0].end_ms <= out.dwells[1].end_ms
+
+
+def test_stays_cut_by_the_start_or_end_of_work_hours_are_not_verified() -> None:
+    every_day = frozenset(range(7))
+    t0_min = (T0 // 60_000) % 1440  # T0's minute of the (UTC) day
+    pts = points(still(0.0, 0.0, 0.0, 1200.0), noise_m=5.0, seed=4)
+    base = make_ctx(customer("c1", 0.0, 0.0))
+
+    def visits(start_min: int, end_min: int) -> list[tuple[bool, str]]:
+        schedule = Schedule("UTC", every_day, start_min % 1440, end_min % 1440)
+        out = run(pts, replace(base, schedule=schedule))
+        return [(v.verified, v.suspect_alerts) for v in out.visits]
+
+    # Work hours began a minute before the first fix: the rep was already there.
+    assert visits(t0_min - 1, t0_min + 120) == [(False, "arrival_not_observed")]
+    # ... and end right after the last fix (20 min later): still there when tracking stopped.
+    assert visits(t0_min - 60, t0_min + 21) == [(False, "departure_not_observed")]
+    # Tracking ran well before and after: a proper visit. No schedule: tracked at all hours.
+    assert visits(t0_min - 60, t0_min + 120) == [(True, "")]
+    assert [v.verified for v in run(pts, base).visits] == [True]
