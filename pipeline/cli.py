@@ -388,7 +388,21 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.evaluate.report import print_report, run_suite, write_json
     from pipeline.evaluate.runner import HELD_OUT_SEEDS, TUNING_SEEDS
 
-    seeds = TUNING_SEEDS if args.seeds == "tuning" else HELD_OUT_SEEDS
+    if args.sweep:
+        from pipeline.evaluate.report import sweep
+
+        setting, values = args.sweep
+        chosen = HELD_OUT_SEEDS if args.seeds_given == "held-out" else TUNING_SEEDS
+        try:
+            result = sweep(setting, values.split(","), seeds=chosen, only=args.scenario,
+                           settings=settings.processors, console=console)  # fmt: skip
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+        path = Path(args.json or f"results/sweeps/{setting}.json")
+        write_json(result, path)
+        console.print(f"[dim]written to {path}[/dim]")
+        return 0
+    seeds = TUNING_SEEDS if args.seeds_given == "tuning" else HELD_OUT_SEEDS
     try:
         result = run_suite(seeds=seeds, quick=args.quick, settings=settings.processors,
                            console=console, only=args.scenario,
@@ -666,8 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--seeds",
         choices=("held-out", "tuning"),
-        default="held-out",
-        help="report on the held-out seeds (default) or tune on the tuning seeds",
+        default=None,
+        dest="seeds_given",
+        help="report on the held-out seeds (default; a --sweep defaults to the tuning seeds)",
     )
     ev.add_argument("--quick", action="store_true", help="one scenario of each family")
     ev.add_argument(
@@ -677,6 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this scenario (repeatable); the result is then not written unless --json is",
     )
     ev.add_argument("--no-peers", action="store_true", help="skip the peer libraries")
+    ev.add_argument(
+        "--sweep",
+        nargs=2,
+        metavar=("SECTION.FIELD", "V1,V2,..."),
+        help="score each value of one processor setting (tuning seeds by default) and write "
+        "the table to results/sweeps/SECTION.FIELD.json",
+    )
     ev.add_argument(
         "--json",
         default=None,

@@ -59,3 +59,24 @@ def test_real_tracks_raise_no_spoof_alert_and_are_all_accepted() -> None:
         assert report.accepted + sum(report.rejected.values()) + report.late >= report.fixes - 5
     gpsies = next(r for r in reports if r.name == "gpsies")  # a clean 1 Hz bike route
     assert abs(gpsies.smoothed_km - gpsies.raw_km) / gpsies.raw_km < 0.05
+
+
+def test_sweep_scores_each_value_of_a_setting() -> None:
+    import io
+
+    from rich.console import Console
+
+    from pipeline.evaluate.report import sweep
+
+    quiet = Console(file=io.StringIO())
+    result = sweep("dwell.tracking_edge_s", ["0", "120"], seeds=(1,), only=["honest day"],
+                   console=quiet)  # fmt: skip
+    edges_off, edges_on = (result["values"][v]["overall"]["visits"] for v in ("0", "120"))
+    # Seed 1's rep-002 lives next to a customer: without the edge rule its home counts.
+    assert edges_off["fp"] > edges_on["fp"] and edges_off["tp"] == edges_on["tp"]
+    try:
+        sweep("nosuch.field", ["1"], seeds=(1,), only=["honest day"], console=quiet)
+    except ValueError as exc:
+        assert "section.field" in str(exc)
+    else:
+        raise AssertionError("an unknown section must be refused")

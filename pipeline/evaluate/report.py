@@ -268,3 +268,47 @@ def print_report(result: dict[str, Any], console: Console) -> None:
 def write_json(result: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+SWEEP_COLUMNS = ["visits.f1", "visits.arrive_err_median_s", "visits.leave_err_median_s",
+                 "fences.f1", "fences.flaps_per_hour", "spoofing.precision", "spoofing.recall",
+                 "spoofing.false_alarms_per_100_days", "contact.recall", "contact.within_limit",
+                 "smoothing.rmse_reduction_pct", "smoothing.mileage_mape_ours_pct"]  # fmt: skip
+
+
+def sweep(
+    setting: str,
+    values: list[str],
+    *,
+    seeds: tuple[int, ...] = TUNING_SEEDS,
+    only: list[str] | None = None,
+    settings: ProcessorSettings | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """The pooled scores for each value of one processor setting ("section.field"): the
+    evidence a default is chosen on. Runs without peers; tune on the tuning seeds only."""
+    from pipeline.config import _set  # one coercion path with TOML and the environment
+
+    console = console or Console()
+    section_name, _, key = setting.partition(".")
+    base = settings or ProcessorSettings()
+    if not key or section_name not in {f.name for f in dataclasses.fields(base)}:
+        raise ValueError(f"--sweep wants section.field, e.g. dwell.radius_m; got {setting!r}")
+    rows: dict[str, Any] = {}
+    for value in values:
+        trial = ProcessorSettings(**{f.name: dataclasses.replace(getattr(base, f.name))
+                                     for f in dataclasses.fields(base)})  # fmt: skip
+        _set(getattr(trial, section_name), key, value, f"--sweep {setting}")
+        console.print(f"[dim]{setting} = {value}[/dim]")
+        result = run_suite(seeds=seeds, settings=trial, console=console, with_peers=False,
+                           only=only)  # fmt: skip
+        rows[value] = {"overall": result["overall"], "scenarios": result["scenarios"]}
+    table = Table(title=f"Sweep of {setting}, seeds {list(seeds)}", header_style="bold")
+    table.add_column(setting)
+    for c in SWEEP_COLUMNS:
+        table.add_column(c.replace(".", " "), justify="right")
+    for value, row in rows.items():
+        table.add_row(value, *(_fmt(_get(row["overall"], c)) for c in SWEEP_COLUMNS))
+    console.print(table)
+    return {"setting": setting, "seeds": list(seeds), "scenarios": only or "all",
+            "values": rows}  # fmt: skip
