@@ -12,7 +12,7 @@ and nothing here performs I/O or reads a clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.config import ProcessorSettings
@@ -30,6 +30,10 @@ from pipeline.reference import ReferenceData
 STATE_VERSION = 1
 
 
+def _ping_ts(p: Ping) -> Any:
+    return p.ts_ms
+
+
 @dataclass(slots=True)
 class DeviceBatch:
     """What one upload of one device carries (a Kafka record carries exactly this)."""
@@ -39,8 +43,9 @@ class DeviceBatch:
     pings: list[Ping] = field(default_factory=list)
     states: list[DeviceState] = field(default_factory=list)
     received_ms: int = 0
-    # Pings the edge rejected as stamped in the future: never stored, but they are the
-    # evidence of a phone clock running ahead (spoof detection's clock-skew rule).
+    # Pings the edge rejected as stamped in the future (stored as dead letters): the evidence
+    # of a phone clock running ahead (spoof detection's clock-skew rule), and recovered by the
+    # validator once it knows the clock's offset.
     future_pings: list[Ping] = field(default_factory=list)
 
 
@@ -105,7 +110,10 @@ class Topology:
 
     def process(self, state: PipelineState, batch: DeviceBatch, ctx: Ctx) -> Result:
         out = Result()
+        clock_offset = state.validate.clock_offset_ms  # the phone's clock error, when known
         for ev in sorted(batch.states, key=lambda e: e.ts_ms):
+            if clock_offset and type(ev.ts_ms) is int:
+                ev = replace(ev, ts_ms=ev.ts_ms - clock_offset)
             reason = self.validator.check_state(ev, ctx.now_ms)
             if reason:
                 out.counters["state_rejected"] += 1
@@ -114,8 +122,15 @@ class Topology:
             self.contact.on_device_state(state.contact, ev, ctx, out)
         for ping in batch.future_pings:
             self.spoof.observe_clock(state.spoof, ping, ctx, out)
-        if batch.pings:
-            in_order, late = self.validator.process(state.validate, batch.pings, ctx, out)
+        if batch.pings or batch.future_pings:
+            in_order, late = self.validator.process(
+                state.validate, batch.pings, ctx, out, batch.future_pings
+            )
+            if state.validate.clock_offset_ms and batch.pings:
+                # Downstream sees corrected times; the clock warning needs the phone's own.
+                freshest = max(batch.pings, key=_ping_ts)
+                if type(freshest.ts_ms) is int and freshest.received_ms:
+                    self.spoof.observe_clock(state.spoof, freshest, ctx, out)
             self._downstream(state, in_order, late, ctx, out)
         return out
 

@@ -9,10 +9,11 @@ import random
 
 import pytest
 
-from pipeline.events import DeviceState, Ping
+from pipeline.events import AlertType, DeviceState, Ping
 from pipeline.processors.base import Ctx, Result
 from pipeline.processors.validate import ValidateParams, ValidateState, Validator
 from pipeline.reference import ReferenceData
+from pipeline.topology import DeviceBatch, Topology
 
 ORG, DEV = "acme", "rep-1"
 NOW = 1_717_000_000_000  # 2024-05-29 16:26:40 UTC
@@ -484,3 +485,139 @@ def test_released_pings_keep_every_field_through_the_buffer() -> None:
     run(v, state, [p], NOW)
     state = ValidateState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert v.release(state, ctx(NOW), force=True) == [p]
+
+
+# ---------------------------------------------------------------------- phone clock ahead
+
+AHEAD = 600_000  # the phone's clock runs 10 min fast
+FUTURE_MS = 300_000  # the edge's max_future_s
+
+
+def upload(k: int, offset: int = AHEAD, age_ms: int = 2_000) -> tuple[list[Ping], list[Ping]]:
+    """The k-th live upload (a minute of fixes, the freshest `age_ms` old at arrival), split
+    like the edge splits it: (accepted pings, future-stamped pings)."""
+    received = NOW + k * 60_000
+    fixes = [
+        ping(k * 12 + i + 1, received - age_ms - (11 - i) * STEP + offset, received_ms=received)
+        for i in range(12)
+    ]
+    future = [p for p in fixes if p.ts_ms > received + FUTURE_MS]
+    return [p for p in fixes if p.ts_ms <= received + FUTURE_MS], future
+
+
+def send(v: Validator, state: ValidateState, k: int, **kw: int) -> tuple[list[Ping], Result]:
+    pings, future = upload(k, **kw)
+    out = Result()
+    in_order, late = v.process(state, pings, ctx(NOW + k * 60_000), out, future)
+    assert late == []
+    in_order += v.release(state, ctx(NOW + k * 60_000 + 2_000))  # a first backlog is held 2 s
+    return in_order, out
+
+
+def test_clock_ahead_is_corrected_from_the_third_upload_and_the_first_two_recovered() -> None:
+    v = Validator()
+    state = v.initial_state()
+    assert send(v, state, 0)[0] == [] and send(v, state, 1)[0] == []  # held, not lost
+    assert len(state.clock_held) == 24
+    in_order, out = send(v, state, 2)
+    assert state.clock_offset_ms == AHEAD - 2_000  # the tightest bound: the freshest fix's
+    assert seqs(in_order) == list(range(1, 37))  # all three uploads, in order
+    true_ts = [p.ts_ms - AHEAD for _, f in (upload(k) for k in range(3)) for p in f]
+    assert [p.ts_ms - 2_000 for p in in_order] == true_ts
+    assert out.counters["clock_corrected"] == 36 and not state.clock_held
+    later, _ = send(v, state, 3)
+    assert seqs(later) == list(range(37, 49)) and later[0].ts_ms < NOW + 3 * 60_000
+    # Bounded: an offset being corrected costs a few ints.
+    assert len(json.dumps(state.to_dict())) < 600
+
+
+def test_offline_backlog_far_behind_is_never_shifted() -> None:
+    v = Validator()
+    state = v.initial_state()
+    for k in range(6):  # hour-old fixes uploaded late, every upload alike: old, not a clock
+        in_order, _ = send(v, state, k, offset=0, age_ms=3_600_000)
+        assert seqs(in_order) == list(range(k * 12 + 1, k * 12 + 13))
+    assert state.clock_offset_ms == 0 and not state.clock_uploads
+
+
+def test_future_garbage_never_gets_through() -> None:
+    v = Validator()
+    state = v.initial_state()
+    for k in range(5):  # a sane phone that sends one fix stamped a day ahead each upload
+        pings, _ = upload(k, offset=0)
+        garbage = ping(900 + k, NOW + 86_400_000 + k, received_ms=NOW + k * 60_000)
+        out = Result()
+        in_order, _ = v.process(state, pings, ctx(NOW + k * 60_000), out, [garbage])
+        assert garbage.seq not in seqs(in_order)
+    assert state.clock_offset_ms == 0 and len(state.clock_held) <= 1
+    # With a real offset established, a fix still in the future after correcting stays out.
+    state = v.initial_state()
+    for k in range(3):
+        send(v, state, k)
+    out = Result()
+    garbage = ping(999, NOW + 86_400_000, received_ms=NOW + 3 * 60_000)
+    pings, future = upload(3)
+    in_order, _ = v.process(state, pings, ctx(NOW + 3 * 60_000), out, [*future, garbage])
+    assert 999 not in seqs(in_order) and out.counters["future_rejected"] == 1
+
+
+def test_retried_future_fix_is_no_clock_evidence() -> None:
+    v = Validator()
+    state = v.initial_state()
+    stuck = ping(7, NOW + AHEAD, received_ms=NOW)
+    for k in range(5):  # the same fix re-sent: its offset shrinks by a minute per upload
+        retry = dataclasses.replace(stuck, received_ms=NOW + k * 20_000)
+        out = Result()
+        assert v.process(state, [], ctx(NOW + k * 20_000), out, [retry]) == ([], [])
+    assert state.clock_offset_ms == 0
+
+
+def test_fixed_clock_ends_the_correction_and_small_skew_is_left_alone() -> None:
+    v = Validator()
+    state = v.initial_state()
+    for k in range(3):
+        send(v, state, k)
+    assert state.clock_offset_ms
+    for k in range(3, 6):  # NTP fixed the clock: until three uploads agree, shifted too far
+        pings, _ = upload(k, offset=0)
+        in_order, late = v.process(state, pings, ctx(NOW + k * 60_000), Result())
+        in_order += v.release(state, ctx(NOW + k * 60_000 + 2_000))  # after the seq gap
+        assert (len(in_order), len(late)) == ((12, 0) if k == 5 else (0, 12))
+    assert state.clock_offset_ms == 0
+    in_order, _ = send(v, state, 20, offset=0)
+    assert in_order and in_order[0].ts_ms == upload(20, offset=0)[0][0].ts_ms
+    state = v.initial_state()
+    for k in range(5):  # 40 s fast: below clock_fix_min_s
+        send(v, state, k, offset=40_000)
+    assert state.clock_offset_ms == 0 and not state.clock_uploads
+
+
+def test_clock_state_round_trip_mid_hold_gives_identical_outputs() -> None:
+    v = Validator()
+
+    def replay(round_trip: bool) -> list[list[tuple[int, int]]]:
+        state = v.initial_state()
+        results = []
+        for k in range(4):
+            if round_trip:
+                state = ValidateState.from_dict(json.loads(json.dumps(state.to_dict())))
+            in_order, _ = send(v, state, k)
+            results.append([(p.seq, p.ts_ms) for p in in_order])
+        return results
+
+    assert replay(False) == replay(True)
+
+
+def test_topology_corrects_the_track_and_still_warns_about_the_clock() -> None:
+    topo = Topology()
+    state = topo.initial_state()
+    points, alerts = [], []
+    for k in range(4):
+        pings, future = upload(k)
+        batch = DeviceBatch(ORG, DEV, pings, [], NOW + k * 60_000, future)
+        out = topo.process(state, batch, topo.context(REF, ORG, DEV, NOW + k * 60_000))
+        points += out.track_points
+        alerts += [a.type for a in out.alerts]
+    assert AlertType.SPOOF_CLOCK_SKEW in alerts
+    assert len(points) == 48
+    assert all(p.ts_ms < NOW + 4 * 60_000 for p in points)  # true time, not the phone's

@@ -37,8 +37,38 @@ hold is late.
 A ping at or before the newest released event time is LATE: returned separately (stored
 flagged late, used as evidence by lost contact) and never fed to stateful processors.
 
+Phone clock ahead. A fix cannot be recorded after the gateway received it, so for every fix
+`ts_ms - received_ms` is a lower bound of how far the phone's clock runs ahead, and an
+upload's freshest fix (seconds old on a live phone) makes it a tight one. Per upload (the
+requests sharing a `received_ms`) the validator keeps that value of the freshest fix; when the
+last `clock_uploads` uploads agree within `clock_spread_s`, each brought newer fixes than the
+previous, and the largest value exceeds `clock_fix_min_s`, the phone's clock is wrong by a
+stable offset and every ping's event time is shifted back by it (the largest value: the
+tightest bound; corrected times err late by the smallest receive latency seen, seconds live).
+An upload that also holds a fix stamped within `clock_spread_s` before its arrival is evidence
+of a right clock (its fixes ahead are garbage, or another clock source), whatever its freshest
+fix says. The edge still rejects the future-stamped records (the phone is told, and its
+original record with the phone's `ts_ms` is the dead letter); the topology hands them here
+(`future`), and they rejoin the stream once corrected. Until the offset is established they
+are held (at most `clock_max_held`, none older than the uploads under consideration), then
+corrected with it, so the first uploads of a wrong clock are not lost. Only a clock AHEAD is
+corrected: old event times are what a phone uploading an offline backlog legitimately sends. A
+fix still in the future after the correction (garbage, not a clock) stays rejected; so do
+future fixes whose offsets do not agree across uploads, or that repeat a fix already seen (a
+retry is no new evidence). The offset follows a changed clock once `clock_uploads` uploads
+agree on a new value (up to a tighter bound within `clock_spread_s`, to another value beyond
+it, or off below `clock_fix_min_s`); a backlog upload, whose freshest fix is old, does not
+move it. Cost: when the phone's clock gets fixed, its pings of the next `clock_uploads` - 1
+uploads are shifted too far back and come out late; for a clock ahead by less than the edge's
+`max_future_s`, the pings before the offset is established go through uncorrected, and about
+the offset's worth of pings after it come out late. `clock_offset_ms` in the state is the
+correction applied (raw phone time = event time + it).
+
 Counters partition the input: accepted (passed on in order, now or from the buffer), late,
-duplicate, rejected; plus "reorder_overflow" when the buffer cap forces a release.
+duplicate, rejected; plus "reorder_overflow" when the buffer cap forces a release. Of the
+future-stamped pings the edge hands on, each is either corrected into the stream (then
+accepted, late or duplicate; "clock_corrected" counts every shifted ping) or
+"future_rejected" (its dead letter came from the edge).
 
 Parameters (`ValidateParams`, config section `[validate]`):
 
@@ -58,7 +88,21 @@ Parameters (`ValidateParams`, config section `[validate]`):
   6 bytes of state each.
 - `max_held` (2000): most pings held per device; beyond it the oldest are released at once.
   A held ping costs about 100 bytes of state, only while a gap is open; in the steady state
-  the whole validator state is about 350 bytes.
+  the whole validator state is about 350 bytes (about 450 while a clock is corrected).
+- `clock_fix_min_s` (60): smallest stable clock offset corrected. Smaller skews shift visits
+  and fence events by less than the product's one-minute timing target, and a phone's own
+  clock is often a few seconds off.
+- `clock_uploads` (3): consecutive uploads whose offsets must agree before it is corrected
+  (or changed). Two could be a fix retried once; three uploads each with newer fixes and one
+  offset are a clock. The tuning seeds' skewed phone (10 min ahead) locks at its third upload,
+  and its two held uploads are recovered.
+- `clock_spread_s` (120): how far the per-upload offsets may differ and still agree. They
+  differ by the age of the freshest fix at arrival: seconds live (under 5 s in the
+  evaluation, fixes every 5 s); 120 s leaves room for a slow network or a queue before the
+  gateway, and still tells a clock from random garbage stamps. It is also how close to its
+  arrival a fix must be stamped to prove the clock right (see "Phone clock ahead").
+- `clock_max_held` (120): most future-stamped pings held while the offset is not established
+  (two uploads at 1 s sampling); about 100 bytes each, only during those uploads.
 """
 
 from __future__ import annotations
@@ -66,6 +110,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -91,6 +136,10 @@ class ValidateParams:
     live_lag_s: float = 120.0
     dedup_keys: int = 32
     max_held: int = 2000
+    clock_fix_min_s: float = 60.0
+    clock_uploads: int = 3
+    clock_spread_s: float = 120.0
+    clock_max_held: int = 120
 
 
 @dataclass(slots=True)
@@ -108,6 +157,12 @@ class ValidateState(SerialisableState):
     # released_ts (so the newest key is released_ts, the one before released_ts - gaps[-1] ...).
     recent_gaps: list[int] = field(default_factory=list)
     late_ts: list[int] = field(default_factory=list)  # recent late pings, for their retries
+    # Phone clock: the correction applied to every ping (0 = none; raw ts = ts + offset), the
+    # last uploads while one is considered or applied ([received_ms, freshest raw ts]), and
+    # future-stamped pings waiting for an offset (held layout, arrival = received_ms).
+    clock_offset_ms: int = 0
+    clock_uploads: list[list[int]] = field(default_factory=list)
+    clock_held: list[list[Any]] = field(default_factory=list)
 
 
 def _finite(value: Any) -> bool:
@@ -140,6 +195,10 @@ class Validator:
         self._dedup_gaps = max(0, int(p.dedup_keys) - 1)  # the newest key is released_ts itself
         self._late_keys = max(1, int(p.dedup_keys) // 4)
         self._max_held = max(1, int(p.max_held))
+        self._clock_min_ms = int(p.clock_fix_min_s * 1000)
+        self._clock_uploads = max(1, int(p.clock_uploads))
+        self._clock_spread_ms = int(p.clock_spread_s * 1000)
+        self._clock_max_held = max(0, int(p.clock_max_held))
 
     def initial_state(self) -> ValidateState:
         return ValidateState()
@@ -260,9 +319,17 @@ class Validator:
     # ------------------------------------------------------------------ stream
 
     def process(
-        self, state: ValidateState, pings: list[Ping], ctx: Ctx, out: Result
+        self,
+        state: ValidateState,
+        pings: list[Ping],
+        ctx: Ctx,
+        out: Result,
+        future: list[Ping] | tuple[Ping, ...] = (),
     ) -> tuple[list[Ping], list[Ping]]:
-        """Check, de-duplicate and order a batch: returns (in order, late)."""
+        """Check, de-duplicate and order a batch: returns (in order, late).
+
+        `future` are the batch's pings the edge rejected as stamped too far ahead: evidence of
+        the phone's clock, and used once corrected (module docstring, "Phone clock ahead")."""
         now = ctx.now_ms
         counters = out.counters
         valid: list[Ping] = []
@@ -288,10 +355,18 @@ class Validator:
                     payload=ping_payload(p),
                 )
             )
-        if not valid:
-            return [], []
         if len(valid) > 1:
             valid.sort(key=_BY_TS)
+        last = valid[-1] if valid else None
+        if (
+            future
+            or state.clock_offset_ms
+            or state.clock_uploads
+            or (last and last.received_ms and last.ts_ms - last.received_ms > self._clock_min_ms)
+        ):
+            valid = self._clock(state, valid, future, ctx, out)
+        if not valid:
+            return [], []
 
         held = state.held
         held_ts = {h[_H_TS] for h in held} if held else None
@@ -354,6 +429,118 @@ class Validator:
         released: list[Ping] = []
         self._drain(state, ctx, ctx.now_ms, force, released)
         return released
+
+    # ------------------------------------------------------------------ phone clock
+
+    def _clock(
+        self,
+        state: ValidateState,
+        valid: list[Ping],
+        future: list[Ping] | tuple[Ping, ...],
+        ctx: Ctx,
+        out: Result,
+    ) -> list[Ping]:
+        """Track the phone's clock offset; the batch corrected by it (plus the future-stamped
+        pings it recovers), or as it is while there is none (future pings then wait)."""
+        counters = out.counters
+        usable: list[Ping] = []
+        for p in future:
+            if (
+                type(p.ts_ms) is int
+                and type(p.received_ms) is int
+                and p.device_id == ctx.device_id
+                and p.org_id == ctx.org_id
+            ):
+                usable.append(p)
+            else:
+                counters["future_rejected"] += 1  # the edge already wrote its dead letter
+        freshest = valid[-1] if valid else None
+        for p in usable:
+            if freshest is None or p.ts_ms > freshest.ts_ms:
+                freshest = p
+        received = freshest.received_ms if freshest is not None else 0
+        if freshest is not None and type(received) is int and received:
+            ts = freshest.ts_ms
+            if ts > received and valid:
+                # A fix stamped in the last moments before arrival says the clock is right:
+                # fixes ahead beside it are garbage (or another clock source), not this clock.
+                i = bisect_left(valid, received - self._clock_spread_ms, key=_BY_TS)
+                if i < len(valid) and valid[i].ts_ms <= received:
+                    ts = received
+            self._track_clock(state, ts, received)
+
+        offset = state.clock_offset_ms
+        waiting = state.clock_held
+        if not offset:
+            uploads = state.clock_uploads
+            if waiting:
+                # Keep only what the uploads under consideration may still vouch for.
+                oldest = uploads[0][0] if uploads else _INF
+                kept = [h for h in waiting if h[_H_ARRIVAL] >= oldest]
+                if len(kept) < len(waiting):
+                    counters["future_rejected"] += len(waiting) - len(kept)
+                    waiting[:] = kept
+            if usable:
+                if uploads:
+                    waiting.extend(_to_held(p, p.received_ms) for p in usable)
+                else:
+                    counters["future_rejected"] += len(usable)
+                if len(waiting) > self._clock_max_held:
+                    excess = len(waiting) - self._clock_max_held
+                    counters["future_rejected"] += excess
+                    del waiting[:excess]
+            return valid
+
+        corrected = [_shifted(p, offset) for p in valid]
+        if waiting or usable:
+            recovered = [_from_held(h, ctx.org_id, ctx.device_id) for h in waiting]
+            recovered.extend(usable)
+            waiting.clear()
+            now = ctx.now_ms
+            for p in recovered:
+                q = _shifted(p, offset)
+                if self.check(q, now) is None:
+                    corrected.append(q)
+                else:
+                    counters["future_rejected"] += 1  # still ahead: garbage, not the clock
+            corrected.sort(key=_BY_TS)
+        counters["clock_corrected"] += len(corrected)
+        return corrected
+
+    def _track_clock(self, state: ValidateState, ts: int, received: int) -> None:
+        """Add an upload's freshest fix to the evidence and update the offset from it."""
+        uploads = state.clock_uploads
+        offset = state.clock_offset_ms
+        if not offset and ts - received <= self._clock_min_ms:
+            if uploads:
+                uploads.clear()  # a fine clock in between: the streak is broken
+            return
+        if uploads and received <= uploads[-1][0]:
+            if received < uploads[-1][0] or ts <= uploads[-1][1]:
+                return
+            uploads[-1][1] = ts  # another request of the same upload
+        else:
+            uploads.append([received, ts])
+            if len(uploads) > self._clock_uploads:
+                del uploads[0]
+        if len(uploads) < self._clock_uploads:
+            return
+        low = high = uploads[0][1] - uploads[0][0]
+        previous_ts = uploads[0][1]
+        for upload_received, upload_ts in uploads[1:]:
+            if upload_ts <= previous_ts:
+                return  # no newer fixes: a retry or a stale backlog says nothing of the clock
+            previous_ts = upload_ts
+            ahead = upload_ts - upload_received
+            low = min(low, ahead)
+            high = max(high, ahead)
+        if high - low > self._clock_spread_ms:
+            return
+        if high <= self._clock_min_ms:
+            state.clock_offset_ms = 0  # the clock was fixed
+            uploads.clear()
+        elif high > offset or high < offset - self._clock_spread_ms:
+            state.clock_offset_ms = high
 
     # ------------------------------------------------------------------ internals
 
@@ -447,6 +634,26 @@ def _to_held(p: Ping, arrival: int) -> list[Any]:
         p.battery_pct,
         p.received_ms,
     ]
+
+
+def _shifted(p: Ping, offset_ms: int) -> Ping:
+    """A copy of the ping with the phone's clock offset taken out of its event time."""
+    return Ping(
+        p.org_id,
+        p.device_id,
+        p.seq,
+        p.ts_ms - offset_ms,
+        p.lat,
+        p.lon,
+        p.accuracy_m,
+        p.speed_mps,
+        p.bearing_deg,
+        p.altitude_m,
+        p.provider,
+        p.is_mock,
+        p.battery_pct,
+        p.received_ms,
+    )
 
 
 def _from_held(h: list[Any], org_id: str, device_id: str) -> Ping:
