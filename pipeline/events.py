@@ -95,6 +95,7 @@ class TrackFlag(IntFlag):
     SPIKE = 8  # A->B->A spike
     LOW_ACCURACY = 16  # accuracy above the gate's limit
     GAP_BEFORE = 32  # first point after a gap (filter restarted)
+    CLOCK_CORRECTED = 64  # ts_ms shifted by the phone's estimated clock error (validate)
 
 
 def flag_names(flags: int) -> list[str]:

@@ -164,6 +164,9 @@ class Topology:
             return
         self.spoof.process(state.spoof, in_order, ctx, out)
         points = self.smoother.process(state.smooth, in_order, ctx, out)
+        if state.validate.clock_offset_ms:  # the phone's time is ts + the offset
+            for point in points:
+                point.flags |= TrackFlag.CLOCK_CORRECTED
         out.track_points.extend(points)
         good = [p for p in points if not p.flags & TrackFlag.OUTLIER]
         if good:

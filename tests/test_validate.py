@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from pipeline.events import AlertType, DeviceState, Ping
+from pipeline.events import AlertType, DeviceState, Ping, TrackFlag
 from pipeline.processors.base import Ctx, Result
 from pipeline.processors.validate import ValidateParams, ValidateState, Validator
 from pipeline.reference import ReferenceData
@@ -621,3 +621,4 @@ def test_topology_corrects_the_track_and_still_warns_about_the_clock() -> None:
     assert AlertType.SPOOF_CLOCK_SKEW in alerts
     assert len(points) == 48
     assert all(p.ts_ms < NOW + 4 * 60_000 for p in points)  # true time, not the phone's
+    assert all(p.flags & TrackFlag.CLOCK_CORRECTED for p in points)  # and marked as shifted

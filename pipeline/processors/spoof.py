@@ -372,7 +372,7 @@ class SpoofDetector:
                     out,
                     AlertType.SPOOF_CLOCK_SKEW,
                     start,
-                    ping.ts_ms,
+                    ping.received_ms,  # server time: the phone's own time is what is wrong
                     Severity.WARNING,
                     f"The phone's clock is {-lag_ms / 1000:.0f} s ahead of the server: fix "
                     f"stamped after it arrived.",

@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS ${DB}.track_points ${ON_CLUSTER}
     heading_deg  Float32,
     moving       Bool,
     step_m       Float32 COMMENT 'distance this point adds to mileage',
-    flags        Array(LowCardinality(String)) COMMENT 'outlier, late, mock, spike, low_accuracy, gap_before',
+    flags        Array(LowCardinality(String)) COMMENT 'outlier, late, mock, spike, low_accuracy, gap_before, clock_corrected',
     version      UInt8 COMMENT '0 for a late copy: a late retry never replaces the processed point'
 )
 ENGINE = ${REPLACING_V(version)}
