@@ -9,7 +9,7 @@ import math
 import numpy as np
 import shapely
 
-from pipeline.events import TrackPoint
+from pipeline.events import TrackFlag, TrackPoint
 from pipeline.geo import LocalFrame
 from pipeline.processors.base import Ctx, Result
 from pipeline.processors.fences import FenceParams, FenceState, FenceTracker
@@ -56,7 +56,10 @@ def walk(start_ts: int, x0: float, x1: float, speed: float, y: float = 0.0) -> l
 
 
 def stay(start_ts: int, x: float, y: float, minutes: float) -> list[TrackPoint]:
-    return [point(start_ts + i * STEP_MS, x, y) for i in range(int(minutes * 12))]
+    """Standing still: real fixes differ by a little (0.3 m steps), never repeat exactly."""
+    return [
+        point(start_ts + i * STEP_MS, x + 0.3 * (i % 3 - 1), y) for i in range(int(minutes * 12))
+    ]
 
 
 def make_ctx(index: FenceIndex, schedule: Schedule | None = WORK, device: str = DEV) -> Ctx:
@@ -137,8 +140,12 @@ def test_loitering_on_border_with_30m_noise_does_not_flap() -> None:
 def test_circle_fence_drive_through_and_exact_border() -> None:
     centre = FRAME.to_latlon(0, 0)
     index = FenceIndex([circle_fence("cust", ORG, "Customer", "customer", *centre, 80.0)])
-    points = walk(MONDAY_10, -500, 500, 10.0)  # 50 m per fix
+    points = walk(MONDAY_10, -500, 500, 10.0)  # 50 m per fix: 3 fixes inside
+    # A pass-through shorter than `confirm_fixes` fixes is not recorded (multipath guard)...
     out, _ = run(FenceTracker(), points, index)
+    assert out.fence_events == []
+    # ...with 2 confirming fixes the exact border timing shows.
+    out, _ = run(FenceTracker(FenceParams(confirm_fixes=2)), points, index)
     (enter, exit_) = out.fence_events
     assert (enter.transition, exit_.transition) == ("enter", "exit")
     assert enter.fence_kind == "customer"
@@ -153,20 +160,20 @@ def test_circle_fence_drive_through_and_exact_border() -> None:
 
 def test_small_office_is_enterable_with_poor_accuracy() -> None:
     index = FenceIndex([square("kiosk", 15)])  # 30 m x 30 m, accuracy 20 m -> margin 30 m
-    points = [point(MONDAY_10 + i * STEP_MS, 4, -3, acc=20.0) for i in range(6)]
+    points = [point(MONDAY_10 + i * STEP_MS, 4 + 0.3 * (i % 2), -3, acc=20.0) for i in range(6)]
     out, _ = run(FenceTracker(), points, index)
     assert transitions(out) == [("kiosk", "enter", MONDAY_10)]
 
 
 def test_low_accuracy_fixes_neither_confirm_nor_reset() -> None:
     index = FenceIndex([square("yard", 200)])
-    params = FenceParams(max_accuracy_m=100.0)
+    params = FenceParams(max_accuracy_m=100.0, confirm_fixes=2)
     points = [
         point(at(10, 0), -300, 0),
         point(at(10, 1), 0, 0),  # first inside
         point(at(10, 2), 0, 0, acc=500.0),  # useless fix: ignored
         point(at(10, 3), 600, 0, acc=500.0),  # useless fix claiming outside: ignored
-        point(at(10, 4), 0, 0),  # confirms
+        point(at(10, 4), 1, 0),  # confirms
     ]
     out, _ = run(FenceTracker(params), points, index, batch=1)
     assert transitions(out) == [("yard", "enter", at(10, 1))]
@@ -178,7 +185,7 @@ def test_fence_schedule_only_active_inside_it() -> None:
     evening = Schedule.parse("mon-fri 08:00-18:00 UTC")
     index = FenceIndex([square("site", 200, kind="territory", schedule=evening)])
     # Inside from 07:30 to 08:30: nothing before 08:00, enter at the first active fix.
-    morning = [point(at(7, 30) + i * 60_000, 0, 0) for i in range(61)]
+    morning = [point(at(7, 30) + i * 60_000, 0.3 * (i % 2), 0) for i in range(61)]
     out, state = run(FenceTracker(), morning, index, schedule=None)
     assert transitions(out) == [("site", "enter", at(8, 0))]
     # Still inside across 18:00: dropped silently, no exit, no state left.
@@ -259,14 +266,15 @@ def test_left_post_held_while_return_is_confirmed() -> None:
     points, exit_ts = leave_and_stay_out(at(10), 9.5)
     back_in = exit_ts + 600_000 - 2 * STEP_MS  # first fix back inside just before the limit
     # 10 m inside (within the margin: not decisive) across the deadline, then deep inside.
-    tail = [point(back_in + i * STEP_MS, 0, -90 if i < 4 else 0) for i in range(6)]
+    tail = [point(back_in + i * STEP_MS, 0.3 * i, -90 if i < 4 else 0) for i in range(6)]
     outside = [p for p in points if p.ts_ms < back_in]
-    out, _ = run(FenceTracker(), outside + tail, index, batch=1)
+    tracker = FenceTracker(FenceParams(confirm_fixes=2))
+    out, _ = run(tracker, outside + tail, index, batch=1)
     assert out.alerts == []
     assert transitions(out)[-1] == ("hq", "enter", back_in)
     # Had the device stayed at the border, the alert would have come once the run broke.
     tail[4:] = [point(back_in + i * STEP_MS, 0, -120) for i in (4, 5)]
-    out, _ = run(FenceTracker(), outside + tail, index, batch=1)
+    out, _ = run(tracker, outside + tail, index, batch=1)
     assert [a.ts_ms for a in out.alerts] == [back_in + 4 * STEP_MS]  # the fix 20 m out
 
 
@@ -387,5 +395,82 @@ def test_pending_state_round_trips_with_lists() -> None:
     assert out.fence_events == [] and list(state.pending) == ["yard"]
     restored = FenceState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert restored == state
-    out, _ = run(tracker, [point(at(10) + STEP_MS, 0, 0)], index, state=restored)
+    more = [point(at(10) + i * STEP_MS, 0.3 * i, 0) for i in (1, 2, 3)]
+    out, _ = run(tracker, more, index, state=restored)
     assert transitions(out) == [("yard", "enter", at(10))]
+
+
+def test_multipath_burst_of_three_fixes_does_not_flip() -> None:
+    index = FenceIndex([square("hq", 100)])
+    points = stay(at(9), 0, 0, 2)
+    t = points[-1].ts_ms
+    # 3 fixes thrown 300 m out with a lying 10 m accuracy, then back where the rep is.
+    points += [point(t + i * STEP_MS, 300 + i, 0, acc=10.0) for i in (1, 2, 3)]
+    points += stay(t + 4 * STEP_MS, 0, 0, 1)
+    out, state = run(FenceTracker(), points, index)
+    assert transitions(out) == [("hq", "enter", at(9))]
+    assert state.inside == {"hq": at(9)}
+    # Two confirming fixes (the old default) flapped on it.
+    out, _ = run(FenceTracker(FenceParams(confirm_fixes=2)), points, index)
+    assert [t for _, t, _ in transitions(out)] == ["enter", "exit", "enter"]
+
+
+def test_mock_fixes_give_no_fence_events() -> None:
+    index = FenceIndex([square("vault", 100, kind="forbidden", cx=1000)])
+    points = stay(at(10), 0, 0, 1) + stay(at(10, 1), 1000, 0, 10)  # a fake 10 min in the vault
+    for p in points[12:]:
+        p.flags |= TrackFlag.MOCK
+    out, state = run(FenceTracker(), points, index)
+    assert out.fence_events == [] and out.alerts == [] and state.pending == {}
+    for p in points:
+        p.flags = 0  # the same positions, real: an entry and a forbidden-zone alert
+    out, _ = run(FenceTracker(), points, index)
+    assert transitions(out) == [("vault", "enter", at(10, 1))]
+    assert [a.type for a in out.alerts] == ["forbidden_zone"]
+
+
+def test_frozen_position_does_not_confirm_until_a_fresh_fix() -> None:
+    index = FenceIndex([square("hq", 100, cx=1000)])
+    home = stay(at(10), 0, 0, 1)
+    frozen = [point(at(10, 1) + i * STEP_MS, 1000, 0) for i in range(120)]  # 10 min, 0 jitter
+    out, state = run(FenceTracker(), home + frozen, index)
+    assert out.fence_events == [] and state.pending["hq"][0] == at(10, 1)
+    # A fresh fix that differs: the stay was real after all, dated from its first fix.
+    fresh = [point(at(10, 11), 1000.4, 0)]
+    out, state = run(FenceTracker(), fresh, index, state=state)
+    assert transitions(out) == [("hq", "enter", at(10, 1))]
+
+
+def test_teleport_and_back_gives_no_event_a_real_relocation_does() -> None:
+    index = FenceIndex([square("far", 150, cx=10_000)])
+    before = stay(at(10), 0, 0, 1)
+    away = stay(at(10, 1), 10_000, 0, 8)  # 10 km in 5 s, then 8 min there
+    back = stay(at(10, 9), 0, 0, 2)
+    out, _ = run(FenceTracker(), before + away + back, index)
+    assert out.fence_events == []
+    # Without the jump rule the excursion is an enter and an exit.
+    out, _ = run(FenceTracker(FenceParams(jump_hold_s=0)), before + away + back, index)
+    assert [t for _, t, _ in transitions(out)] == ["enter", "exit"]
+    # Staying there longer than jump_hold_s: recorded, with the time of the first fix.
+    out, _ = run(FenceTracker(FenceParams(jump_hold_s=300)), before + away, index)
+    assert transitions(out) == [("far", "enter", at(10, 1))]
+    # Arriving after a gap long enough to drive there is no jump at all.
+    later = stay(at(10, 20), 10_000, 0, 1)
+    out, _ = run(FenceTracker(), before + later, index)
+    assert transitions(out) == [("far", "enter", at(10, 20))]
+
+
+def test_a_new_work_shift_starts_with_an_enter() -> None:
+    index = FenceIndex([square("hq", 100)])
+    monday = stay(at(17, 50), 0, 0, 5)
+    tuesday = stay(at(8) + 86_400_000, 0, 0, 2)  # still (again) inside the next morning
+    out, state = run(FenceTracker(), monday + tuesday, index)
+    assert transitions(out) == [("hq", "enter", at(17, 50)), ("hq", "enter", tuesday[0].ts_ms)]
+    assert state.inside == {"hq": tuesday[0].ts_ms}
+    # A gap inside one shift (phone off for an hour) keeps the state: no second enter.
+    lunch = stay(at(13), 0, 0, 2)
+    out, _ = run(FenceTracker(), stay(at(11), 0, 0, 2) + lunch, index)
+    assert transitions(out) == [("hq", "enter", at(11))]
+    # Without work hours there are no shifts: one enter.
+    out, _ = run(FenceTracker(), monday + tuesday, index, schedule=None)
+    assert transitions(out) == [("hq", "enter", at(17, 50))]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import shapely
 
 from pipeline.events import DEVICE_STATE_KINDS, PROVIDERS, ContactReason
 from pipeline.geo import LocalFrame, haversine_m
@@ -447,7 +448,7 @@ def test_left_post_technician_leaves_the_workshop_for_about_30_min(sim: Simulati
     crossings = [
         (c["transition"], c["ts_ms"])
         for c in truth(sim, "fence_crossing", device_id)
-        if c["fence_id"] == "workshop"
+        if c["fence_id"] == "workshop" and not c["initial"]
     ]
     assert crossings == [("exit", episode["start_ms"]), ("enter", episode["end_ms"])]
     assert not truth(sim, "left_post", dev("honest"))
@@ -476,6 +477,8 @@ def test_fence_crossings_are_exact_on_the_true_path(sim: Simulation, city: City)
     checked = 0
     for c in crossings:
         assert WORK.is_active(c["ts_ms"])
+        if c["initial"]:
+            continue  # inside when observation started: not a crossing of the path
         path = sorted(truth(sim, "path", c["device_id"]), key=lambda p: p["true_ms"])
         before = [p for p in path if p["true_ms"] < c["ts_ms"]][-1:]
         after = [p for p in path if p["true_ms"] > c["ts_ms"]][:1]
@@ -528,3 +531,64 @@ def test_city_customers(city: City) -> None:
     assert not by_fence
     circle = next(f for f in city.fences if f.circle is not None)
     assert circle.kind == "forbidden" and circle.circle[2] == 80.0
+
+
+def test_fence_truth_starts_with_an_enter_into_the_fences_a_rep_is_in(
+    sim: Simulation, city: City
+) -> None:
+    for device in sim.devices:
+        crossings = truth(sim, "fence_crossing", device.device_id)
+        initial = [c for c in crossings if c["initial"]]
+        # Everyone starts the day inside exactly one territory (they cover the city); the
+        # technician may already be in the workshop when work starts.
+        kinds = sorted(c["fence_kind"] for c in initial)
+        assert kinds in (["territory"], ["territory", "workshop"]), device.device_id
+        (first,) = [c for c in initial if c["fence_kind"] == "territory"]
+        assert first["transition"] == "enter"
+        assert WORK.is_active(first["ts_ms"]) and not WORK.is_active(first["ts_ms"] - 60_000)
+        path = sorted(truth(sim, "path", device.device_id), key=lambda p: p["true_ms"])
+        nearest = min(path, key=lambda p: abs(p["true_ms"] - first["ts_ms"]))
+        assert abs(nearest["true_ms"] - first["ts_ms"]) < 60_000
+        x, y = city.frame.to_xy(nearest["lat"], nearest["lon"])
+        shape = city.fence_shapes[first["fence_id"]]
+        assert bool(shape.contains(np.array([x]), np.array([y]))[0])
+        # Per fence, transitions alternate enter/exit from the initial state.
+        for fence_id in {c["fence_id"] for c in crossings}:
+            kinds = [c["transition"] for c in crossings if c["fence_id"] == fence_id]
+            assert all(a != b for a, b in itertools.pairwise(kinds)), (device.device_id, kinds)
+
+
+def test_fence_truth_reports_a_change_across_a_recording_gap_when_recording_resumes(
+    city: City,
+) -> None:
+    found = 0
+    for seed in (1, 2):  # rep-002's day as in the "contact loss" scenario (tuning seeds)
+        day = simulate(city, reps=2, day=DAY, seed=seed, profiles={"rep-002": "app_killed"})
+        (loss,) = [t for t in day.truth if t["type"] == "contact_loss"]
+        mine = [t for t in day.truth if t["device_id"] == "rep-002"]
+        for c in (t for t in mine if t["type"] == "fence_crossing"):
+            assert not loss["start_ms"] <= c["ts_ms"] < loss["end_ms"]
+            found += c["ts_ms"] == loss["end_ms"] and not c["initial"]
+    assert found >= 1  # some rep crossed a territory border while the app was dead
+
+
+def test_border_loiterer_works_inside_an_office_edge_with_a_poor_gps(
+    sim: Simulation, city: City
+) -> None:
+    device_id = dev("border_loiterer")
+    office = [c for c in truth(sim, "fence_crossing", device_id) if c["fence_kind"] == "office"]
+    assert [c["transition"] for c in office] == ["enter", "exit"]
+    enter, exit_ = office[0]["ts_ms"], office[1]["ts_ms"]
+    assert exit_ - enter > 7 * 3_600_000
+    shape = city.fence_shapes[office[0]["fence_id"]]
+    assert shape.polygon_xy is not None
+    boundary = shape.polygon_xy.exterior
+    path = [p for p in truth(sim, "path", device_id) if enter + 600_000 < p["true_ms"] < exit_]
+    depths = []
+    for p in path:
+        x, y = city.frame.to_xy(p["lat"], p["lon"])
+        assert bool(shape.contains(np.array([x]), np.array([y]))[0])
+        depths.append(boundary.distance(shapely.Point(x, y)))
+    assert np.median(depths) < 25.0  # mostly along the edge, 8-20 m inside
+    accs = [r["accuracy_m"] for r in unique_pings(sim, device_id)]
+    assert np.median(accs) >= 10.0

@@ -50,7 +50,11 @@ last fix at 3 %, battery_low at 15 %, no shutdown state, boot 60-90 min later); 
 (45 min offline, backlog uploaded late, out of order, with duplicates); clock_skew (phone
 clock 10 min ahead: every ts_ms is +600,000 ms); slow_uploader (uploads hourly, messy);
 left_post (workshop technician: in the workshop all day but leaves for ~30 min during work
-hours); forbidden (spends 15-35 min in the nearest forbidden zone after its second customer).
+hours); forbidden (spends 15-35 min in the nearest forbidden zone after its second customer);
+border_loiterer (all day at the nearest office, walking up and down one edge of its fence
+`BORDER_INSET_M` (8-20 m) inside it, pausing 1-8 min at half the spots, with a poor GPS: base
+accuracy `BORDER_LOITERER_ACCURACY_M` (10-30 m) instead of `BASE_ACCURACY_M` (5-9 m); truth is
+one enter and one exit, so any other fence event there is a flap).
 Outages start at a random time between 11:00 and 14:00.
 
 Ground truth (`Simulation.truth`, JSON-ready dicts with "type"):
@@ -59,8 +63,15 @@ Ground truth (`Simulation.truth`, JSON-ready dicts with "type"):
   (traffic lights are shorter and not listed), clipped to the app's running time.
 - `visit` {device_id, customer_id, arrive_ms, leave_ms, minutes, observed}: customer stops
   >= 5 min; `observed` is False when fixes cover less than 4 min of it (phone off...).
-- `fence_crossing` {device_id, fence_id, fence_kind, transition, ts_ms}: crossings of the true
-  path (to the ms), only while the fence is active, the rep is in work hours and recording.
+- `fence_crossing` {device_id, fence_id, fence_kind, transition, ts_ms, initial}: the fence
+  events a manager should see. Observation runs while the app records, in work hours, while the
+  fence is active; inside it every crossing of the true path counts (to the ms). When
+  observation starts (work hours begin, the app starts, the fence's schedule begins) with the
+  rep inside, that is an "enter" at that moment with `initial` True: the on-duty record
+  ("arrived at the office 08:02"; every rep starts the day inside a territory). A recording gap
+  (phone off, app killed, GPS off, battery dead) keeps what is known: a crossing inside it is
+  not observable, and a net change across the gap is an exit/enter when recording resumes.
+  The end of work hours or of the fence's schedule is no exit.
 - `left_post` / `forbidden_visit` {device_id, fence_id, start_ms, end_ms}: time outside the
   workshop / inside a forbidden zone during work hours.
 - `spoof_episode` {device_id, kind, start_ms, end_ms, alerts}: kinds mock_flag,
@@ -89,6 +100,7 @@ as long to build the upload dicts; 1,000 reps about 15 s + 25 s and ~1 GB. For l
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import heapq
 import itertools
 import math
@@ -100,7 +112,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from pipeline.events import AlertType, ContactReason
-from pipeline.reference.models import Schedule, schedule_active
+from pipeline.reference.models import Schedule
 from pipeline.sim.city import City, FenceShape, Place, node_xy
 
 PROFILES = (
@@ -120,6 +132,7 @@ PROFILES = (
     "slow_uploader",
     "left_post",
     "forbidden",
+    "border_loiterer",
 )
 DEFAULT_ROSTER = (
     "honest",
@@ -148,6 +161,9 @@ NOISE_SIGMA_PER_ACCURACY = 1.0
 NOISE_CORRELATION = 0.5
 MULTIPATH_EVERY_H = 1.5
 MULTIPATH_REPORTED_ACCURACY_M = 10.0
+BASE_ACCURACY_M = (5.0, 9.0)  # per-rep base of the reported accuracy (x noise_scale)
+BORDER_LOITERER_ACCURACY_M = (10.0, 30.0)  # a poor GPS next to a building
+BORDER_INSET_M = (8.0, 20.0)  # how far inside the office fence the border loiterer works
 DRIVEWAY_SPEED_MPS = 6.0
 MAX_RECORDS_PER_UPLOAD = 1000
 CLOCK_SKEW_MS = 600_000
@@ -424,6 +440,8 @@ class _DayPlanner:
             self._technician_day(plan, home)
         elif profile in ("spoofer_mock", "spoofer_hidden"):
             self._spoofer_day(plan, home)
+        elif profile == "border_loiterer":
+            self._border_day(plan, home)
         else:
             self._sales_day(plan, track, home)
         track.stay_until(app_off + 10 * MIN)
@@ -598,6 +616,48 @@ class _DayPlanner:
         _drive(city, track, workshop, home, rng, 0.9)
         self.stop(plan, "home", track.now, plan.app_off, home)
         self._pos = home
+
+    def _border_day(self, plan: _Plan, home: Place) -> None:
+        """All day at the nearest office, walking up and down one edge of its fence, inside."""
+        rng, city, track = self.rng, self.city, plan.track
+        factor = float(rng.uniform(0.75, 1.0))
+        depart = max(plan.app_on, self.at(8)) + int(rng.uniform(5, 25) * MIN)
+        track.stay_until(depart)
+        self.stop(plan, "home", plan.app_on, depart, home)
+        office = self._nearest(("office-north", "office-south"))
+        place = city.fence_places[office]
+        _drive(city, track, self._pos, place, rng, factor)
+        arrive = track.now
+        polygon = city.fence_shapes[office].polygon_xy
+        assert polygon is not None
+        minx, miny, maxx, maxy = polygon.bounds
+        inset = float(rng.uniform(*BORDER_INSET_M))
+        clear = 15.0  # keep off the corners, where two edges are near
+        side = int(rng.integers(4))  # 0 south, 1 north, 2 west, 3 east
+        if side < 2:
+            line_y = miny + inset if side == 0 else maxy - inset
+            lo, hi = minx + clear, maxx - clear
+
+            def at(u: float) -> tuple[float, float]:
+                return u, line_y
+        else:
+            line_x = minx + inset if side == 2 else maxx - inset
+            lo, hi = miny + clear, maxy - clear
+
+            def at(u: float) -> tuple[float, float]:
+                return line_x, u
+
+        leave = self.at(rng.uniform(16.75, 17.5))
+        while track.now < leave:
+            track.move_to(*at(float(rng.uniform(lo, hi))), float(rng.uniform(0.6, 1.3)))
+            if rng.random() < 0.5:  # some work at that spot
+                track.stay_until(track.now + rng.uniform(1, 8) * MIN)
+        track.move_to(place.x, place.y, 1.2)
+        self.stop(plan, "office", arrive, track.now, place, fence_id=office)
+        _drive(city, track, place, home, rng, factor)
+        self._pos = home
+        if track.now < plan.app_off:
+            self.stop(plan, "home", track.now, plan.app_off, home)
 
     def _phone_events(self, plan: _Plan) -> None:
         rng, profile = self.rng, self.device.profile
@@ -803,7 +863,10 @@ def _simulate_device(
     true_bearing = np.degrees(np.arctan2(vx, vy))[seg] % 360.0
 
     # --- accuracy and noise
-    base = rng.uniform(5.0, 9.0) * noise_scale
+    low, high = (
+        BORDER_LOITERER_ACCURACY_M if device.profile == "border_loiterer" else BASE_ACCURACY_M
+    )
+    base = rng.uniform(low, high) * noise_scale
     acc = np.clip(base * np.exp(0.35 * _ar1(rng, m, 0.9)), 3.0, 30.0 * noise_scale)
     sigma = acc * NOISE_SIGMA_PER_ACCURACY
     rx = tx + sigma * _ar1(rng, m, NOISE_CORRELATION)
@@ -989,6 +1052,78 @@ def _crossings(
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _active_minutes(schedule: Schedule, t0: int, t1: int) -> tuple[tuple[int, int], ...]:
+    """The intervals of [t0, t1) (whole minutes) during which `schedule` is active."""
+    out: list[tuple[int, int]] = []
+    for t in range(t0, t1, MIN):  # schedules change only on whole minutes
+        if not schedule.is_active(t):
+            continue
+        if out and out[-1][1] == t:
+            out[-1] = (out[-1][0], t + MIN)
+        else:
+            out.append((t, t + MIN))
+    return tuple(out)
+
+
+def _observed_transitions(
+    shape: FenceShape,
+    raw: list[tuple[int, str]],
+    kt: np.ndarray,
+    kx: np.ndarray,
+    ky: np.ndarray,
+    day_window: tuple[int, int],
+    recording_off: list[tuple[int, int]],
+    midnight: int,
+) -> list[tuple[int, str, bool]]:
+    """The fence events a manager should see, as (ts, transition, initial), in time order.
+
+    Observation runs while the app records in work hours and the fence is active. Within it,
+    every crossing of the true path counts. When observation STARTS (work hours, the app or
+    the fence's schedule begin) with the rep inside the fence, that is an "enter" (initial:
+    the on-duty record "at the office at 08:02"). A recording gap (phone off, app killed, GPS
+    off, battery dead) does not reset what is known: a crossing inside it is not observable
+    at its time, and the net change across the gap (in before it, out after it, or the other
+    way round) is an exit or enter at the moment recording resumes.
+    """
+    start, end = day_window
+    if end <= start:
+        return []
+    schedule = shape.fence.schedule
+    if schedule is None:
+        active = [(start, end)]
+    else:
+        day = _active_minutes(schedule, midnight, midnight + 25 * HOUR)  # one scan a day
+        active = [(max(a, start), min(b, end)) for a, b in day if a < end and b > start]
+
+    def inside(t: int) -> bool:
+        x, y = np.interp([t], kt, kx), np.interp([t], kt, ky)
+        return bool(shape.contains(x, y)[0])
+
+    out: list[tuple[int, str, bool]] = []
+    gaps = sorted(recording_off)
+    for a, b in active:
+        # Split the active interval at the recording gaps; state carries across a gap.
+        pieces: list[tuple[int, int, bool]] = []
+        cursor, carried = a, False
+        for g0, g1 in gaps:
+            if g1 <= cursor or g0 >= b:
+                continue
+            if g0 > cursor:
+                pieces.append((cursor, g0, carried))
+            cursor, carried = max(cursor, g1), True
+        if cursor < b:
+            pieces.append((cursor, b, carried))
+        known = False  # nothing is known before observation starts: outside
+        for p0, p1, carries in pieces:
+            now = inside(p0)
+            if now != (known if carries else False):
+                out.append((p0, "enter" if now else "exit", not carries))
+            out.extend((ts, tr, False) for ts, tr in raw if p0 < ts < p1)
+            known = inside(p1)
+    return out
+
+
 def _truth(
     city: City,
     device: SimDevice,
@@ -1037,25 +1172,25 @@ def _truth(
                     "observed": observed,
                 }
             )
+    day_window = (max(plan.app_on, work_start), min(plan.app_off, work_end))
+    midnight = work_start - 8 * HOUR  # work starts at 08:00
     for shape in city.fence_shapes.values():
         fence = shape.fence
         raw = _crossings(shape, kt, kx, ky, plan.app_on, plan.app_off)
-        for ts, transition in raw:
-            if (
-                work_start <= ts < work_end
-                and schedule_active(fence.schedule, ts)
-                and not any(a <= ts < b for a, b in plan.recording_off)
-            ):
-                out.append(
-                    {
-                        "type": "fence_crossing",
-                        "device_id": device_id,
-                        "fence_id": fence.fence_id,
-                        "fence_kind": fence.kind,
-                        "transition": transition,
-                        "ts_ms": ts,
-                    }
-                )
+        for ts, transition, initial in _observed_transitions(
+            shape, raw, kt, kx, ky, day_window, plan.recording_off, midnight
+        ):
+            out.append(
+                {
+                    "type": "fence_crossing",
+                    "device_id": device_id,
+                    "fence_id": fence.fence_id,
+                    "fence_kind": fence.kind,
+                    "transition": transition,
+                    "ts_ms": ts,
+                    "initial": initial,
+                }
+            )
         episode = {"workshop": ("exit", "left_post"), "forbidden": ("enter", "forbidden_visit")}
         if fence.kind in episode:
             opening, name = episode[fence.kind]
