@@ -21,6 +21,11 @@ STEP = 5_000  # a fix every 5 s
 REF = ReferenceData()
 
 
+def validator() -> Validator:
+    """The mechanism pinned with a 2 s hold, whatever the tuned default."""
+    return Validator(ValidateParams(reorder_hold_ms=2000))
+
+
 def ping(seq: int, ts: int, **kw: object) -> Ping:
     """A valid fix in Berlin; the position moves with seq so fixes differ."""
     values: dict[str, object] = {"lat": 52.52 + seq * 1e-4, "lon": 13.40, "accuracy_m": 8.0}
@@ -52,7 +57,7 @@ def seqs(pings: list[Ping]) -> list[int]:
 
 
 def test_valid_ping_passes_including_optional_fields() -> None:
-    v = Validator()
+    v = validator()
     assert v.check(ping(1, NOW - 1000), NOW) is None
     full = ping(
         1,
@@ -98,12 +103,12 @@ def test_valid_ping_passes_including_optional_fields() -> None:
 )
 def test_check_rejects_with_clear_reason(changes: dict[str, object], reason: str) -> None:
     bad = dataclasses.replace(ping(1, NOW), **changes)  # type: ignore[arg-type]
-    assert Validator().check(bad, NOW) == reason
+    assert validator().check(bad, NOW) == reason
 
 
 def test_fast_path_agrees_with_detailed_check() -> None:
     """The one-expression fast path must accept exactly what the detailed check accepts."""
-    v = Validator()
+    v = validator()
     rnd = random.Random(3)
     weird = [None, math.nan, math.inf, -math.inf, -1.0, 0.0, 45.0, 100.0, 200.0, 400.0, "x"]
     for _ in range(3000):
@@ -124,7 +129,7 @@ def test_fast_path_agrees_with_detailed_check() -> None:
 
 
 def test_check_state() -> None:
-    v = Validator()
+    v = validator()
     assert v.check_state(DeviceState(ORG, DEV, NOW, "gps_off"), NOW) is None
     assert v.check_state(DeviceState(ORG, DEV, NOW, "coffee_break"), NOW).startswith(
         "kind must be one of "
@@ -141,7 +146,7 @@ def test_check_state() -> None:
 
 
 def test_invalid_pings_become_dead_letters_with_deterministic_ids() -> None:
-    v = Validator()
+    v = validator()
     batch = [ping(1, NOW - 10_000), ping(2, NOW - 5_000, lat=math.nan), ping(3, NOW, lon=200.0)]
     outs = []
     for _ in range(2):
@@ -165,7 +170,7 @@ def test_invalid_pings_become_dead_letters_with_deterministic_ids() -> None:
 
 
 def test_ping_of_another_device_is_rejected() -> None:
-    v = Validator()
+    v = validator()
     stray = dataclasses.replace(ping(1, NOW), device_id="rep-2")
     in_order, _, out = run(v, v.initial_state(), [stray], NOW)
     assert in_order == []
@@ -177,7 +182,7 @@ def test_ping_of_another_device_is_rejected() -> None:
 
 
 def test_live_in_order_batch_is_released_without_holding() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     first = track(1, 12, NOW - 60_000)
     in_order, late, out = run(v, state, first, NOW)
@@ -192,7 +197,7 @@ def test_live_in_order_batch_is_released_without_holding() -> None:
 
 
 def test_out_of_order_within_a_batch_is_sorted() -> None:
-    v = Validator()
+    v = validator()
     pings = track(1, 6, NOW - 30_000)
     shuffled = [pings[i] for i in (3, 0, 5, 1, 4, 2)]
     in_order, late, _ = run(v, v.initial_state(), shuffled, NOW)
@@ -201,7 +206,7 @@ def test_out_of_order_within_a_batch_is_sorted() -> None:
 
 
 def test_seq_gap_is_held_and_merged_with_the_missing_batch() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     run(v, state, track(1, 3, NOW - 60_000), NOW)
     # 7..9 arrives first: seq gap after 3, so it waits.
@@ -216,7 +221,7 @@ def test_seq_gap_is_held_and_merged_with_the_missing_batch() -> None:
 
 def test_backlog_uploaded_as_out_of_order_chunks_is_merged() -> None:
     """An hour offline, then three requests arriving newest chunk first within the hold."""
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     run(v, state, track(1, 2, NOW - 3_700_000), NOW - 3_600_000)  # last live pings before
     t0 = NOW - 3_590_000
@@ -231,7 +236,7 @@ def test_backlog_uploaded_as_out_of_order_chunks_is_merged() -> None:
 
 
 def test_held_pings_wait_for_the_hold_then_release_on_tick() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     run(v, state, track(1, 3, NOW - 60_000), NOW)
     run(v, state, track(10, 3, NOW - 30_000), NOW + 500)  # gap: 4..9 never come
@@ -246,7 +251,7 @@ def test_held_pings_wait_for_the_hold_then_release_on_tick() -> None:
 
 def test_pings_behind_a_held_one_wait_too() -> None:
     """Release is oldest first: a contiguous ping never overtakes an older held one."""
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     run(v, state, track(1, 2, NOW - 60_000), NOW)
     run(v, state, [ping(5, NOW - 40_000)], NOW)  # gap after 2
@@ -256,7 +261,7 @@ def test_pings_behind_a_held_one_wait_too() -> None:
 
 
 def test_batch_arriving_after_release_is_late() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     run(v, state, track(1, 3, NOW - 60_000), NOW)
     run(v, state, track(7, 3, NOW - 30_000), NOW)
@@ -273,7 +278,7 @@ def test_batch_arriving_after_release_is_late() -> None:
 
 
 def test_force_flushes_everything_in_order() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     run(v, state, track(1, 2, NOW - 60_000), NOW)
     run(v, state, track(20, 2, NOW - 20_000), NOW)
@@ -286,7 +291,7 @@ def test_force_flushes_everything_in_order() -> None:
 
 def test_device_without_seq_releases_live_pings_and_holds_backlog() -> None:
     """Trackers without a sequence number send seq 0: freshness decides instead."""
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     live = [ping(0, NOW - 10_000, lat=52.1), ping(0, NOW - 5_000, lat=52.2)]
     in_order, _, _ = run(v, state, live, NOW)
@@ -308,7 +313,7 @@ def test_device_without_seq_releases_live_pings_and_holds_backlog() -> None:
 
 
 def test_first_contact_backlog_is_held_live_is_not() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     in_order, _, _ = run(v, state, track(500, 2, NOW - 3_600_000), NOW)
     assert in_order == [] and len(state.held) == 2
@@ -341,7 +346,7 @@ def test_buffer_cap_releases_the_oldest() -> None:
 
 
 def test_duplicates_within_a_batch() -> None:
-    v = Validator()
+    v = validator()
     a = ping(1, NOW - 10_000)
     same_seq_and_ts = dataclasses.replace(a, lat=a.lat + 1e-9)  # re-serialised retry
     same_ts_and_pos = dataclasses.replace(a, seq=99)  # resent under a new seq
@@ -352,7 +357,7 @@ def test_duplicates_within_a_batch() -> None:
 
 
 def test_retry_of_a_released_batch_is_duplicate_not_late() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     batch = track(1, 12, NOW - 60_000)
     run(v, state, batch, NOW)
@@ -363,7 +368,7 @@ def test_retry_of_a_released_batch_is_duplicate_not_late() -> None:
 
 
 def test_duplicates_of_pings_still_in_the_buffer() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     run(v, state, track(1, 2, NOW - 60_000), NOW)
     held = track(8, 3, NOW - 30_000)
@@ -376,7 +381,7 @@ def test_duplicates_of_pings_still_in_the_buffer() -> None:
 
 def test_same_seq_with_new_timestamp_is_not_a_duplicate() -> None:
     """Seq counters restart on reinstall; those fixes are new, not retries."""
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     run(v, state, track(1, 3, NOW - 120_000), NOW - 60_000)
     in_order, _, out = run(v, state, track(1, 3, NOW - 10_000), NOW)
@@ -420,7 +425,7 @@ def test_dedup_memory_is_bounded_and_limits_seqless_retries() -> None:
 
 
 def test_default_state_stays_small() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     for i in range(0, 2_000, 12):
         in_order, _, _ = run(v, state, track(i + 1, 12, NOW + i * STEP), NOW + (i + 12) * STEP)
@@ -432,7 +437,7 @@ def test_default_state_stays_small() -> None:
 
 
 def test_state_round_trip_mid_buffer_gives_identical_outputs() -> None:
-    v = Validator()
+    v = validator()
     t = NOW - 600_000
     steps: list[tuple[str, list[Ping], int]] = [
         ("process", track(1, 5, t), NOW),
@@ -468,7 +473,7 @@ def test_state_round_trip_mid_buffer_gives_identical_outputs() -> None:
 
 
 def test_released_pings_keep_every_field_through_the_buffer() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     run(v, state, [ping(1, NOW - 60_000)], NOW)
     p = ping(
@@ -515,7 +520,7 @@ def send(v: Validator, state: ValidateState, k: int, **kw: int) -> tuple[list[Pi
 
 
 def test_clock_ahead_is_corrected_from_the_third_upload_and_the_first_two_recovered() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     assert send(v, state, 0)[0] == [] and send(v, state, 1)[0] == []  # held, not lost
     assert len(state.clock_held) == 24
@@ -532,7 +537,7 @@ def test_clock_ahead_is_corrected_from_the_third_upload_and_the_first_two_recove
 
 
 def test_offline_backlog_far_behind_is_never_shifted() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     for k in range(6):  # hour-old fixes uploaded late, every upload alike: old, not a clock
         in_order, _ = send(v, state, k, offset=0, age_ms=3_600_000)
@@ -541,7 +546,7 @@ def test_offline_backlog_far_behind_is_never_shifted() -> None:
 
 
 def test_future_garbage_never_gets_through() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     for k in range(5):  # a sane phone that sends one fix stamped a day ahead each upload
         pings, _ = upload(k, offset=0)
@@ -562,7 +567,7 @@ def test_future_garbage_never_gets_through() -> None:
 
 
 def test_retried_future_fix_is_no_clock_evidence() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     stuck = ping(7, NOW + AHEAD, received_ms=NOW)
     for k in range(5):  # the same fix re-sent: its offset shrinks by a minute per upload
@@ -573,7 +578,7 @@ def test_retried_future_fix_is_no_clock_evidence() -> None:
 
 
 def test_fixed_clock_ends_the_correction_and_small_skew_is_left_alone() -> None:
-    v = Validator()
+    v = validator()
     state = v.initial_state()
     for k in range(3):
         send(v, state, k)
@@ -593,7 +598,7 @@ def test_fixed_clock_ends_the_correction_and_small_skew_is_left_alone() -> None:
 
 
 def test_clock_state_round_trip_mid_hold_gives_identical_outputs() -> None:
-    v = Validator()
+    v = validator()
 
     def replay(round_trip: bool) -> list[list[tuple[int, int]]]:
         state = v.initial_state()
