@@ -46,7 +46,9 @@ class Harness:
     """Drives one device through the monitor, collecting alerts."""
 
     def __init__(self, params: ContactParams | None = None, schedule: Schedule | None = WORK):
-        self.mon = ContactMonitor(params)
+        # Restores are judged at the tick right after the upload unless a test sets a settle
+        # time (the settle tests below); reasons do not depend on it.
+        self.mon = ContactMonitor(params or ContactParams(restore_settle_s=0.0))
         self.state = self.mon.initial_state()
         self.schedule = schedule
         self.alerts: list[Alert] = []
@@ -193,6 +195,54 @@ def test_quick_reboot_does_not_alert_early() -> None:
     h.track(last + 200 * S, last + 260 * S)
     assert h.tick(last + 500 * S) == []
     assert h.alerts == []
+
+
+def test_last_fix_uploaded_late_starts_the_silence_when_it_was_taken() -> None:
+    # GPS goes off right after the fix at `last`; the phone uploads it 50 s later, as usual
+    # 1 s after recording plus the wait for the next upload.
+    h = Harness()
+    last = T0 + 60 * S
+    h.track(T0, last - 5 * S)  # lag 1 s
+    rx = last + 50 * S
+    h.pings(rx, [ping(last)])  # lag 50 s: 49 s older than usual
+    assert h.state.silence_from_ms == rx - 49 * S
+    assert h.tick(rx - 49 * S + LIMIT) == []
+    fired = h.tick(rx - 49 * S + LIMIT + 1)
+    assert len(fired) == 1
+    assert fired[0].evidence["silence_from_ms"] == str(rx - 49 * S)
+    assert fired[0].evidence["last_received_ms"] == str(rx)
+
+
+def test_silence_moved_back_at_most_upload_slack() -> None:
+    h = Harness()
+    h.track(T0, T0 + 60 * S)
+    rx = T0 + 3600 * S
+    h.pings(rx, [ping(T0 + 600 * S)])  # a fix 50 min old
+    assert h.state.silence_from_ms == rx - 120 * S  # upload_slack_s
+    assert h.tick(rx - 120 * S + LIMIT) == []
+    assert len(h.tick(rx - 120 * S + LIMIT + 1)) == 1
+
+
+def test_phone_clock_offset_does_not_move_the_silence() -> None:
+    # A phone 10 min ahead: every fix looks 10 min "in the future", but consistently so.
+    h = Harness()
+    skew = 600 * S
+    for ts in range(T0, T0 + 61 * S, 5 * S):
+        h.pings(ts + S, [ping(ts + skew)])
+    last_rx = T0 + 61 * S
+    assert h.state.silence_from_ms == last_rx
+    assert h.tick(last_rx + LIMIT) == []
+    assert len(h.tick(last_rx + LIMIT + 1)) == 1
+
+
+def test_old_pings_restart_the_silence_from_their_receive_time() -> None:
+    h = Harness()
+    h.track(T0, T0 + 60 * S)
+    rx = T0 + 300 * S
+    h.pings(rx, [], late=[ping(T0 + 30 * S)])  # a retried old chunk: no newer fix
+    assert h.state.silence_from_ms == rx
+    assert h.tick(rx + LIMIT) == []
+    assert len(h.tick(rx + LIMIT + 1)) == 1
 
 
 # -- reasons at alert time ---------------------------------------------------------------------
@@ -375,6 +425,35 @@ def test_restore_keeps_alert_reason_without_new_evidence() -> None:
     back = last + 900 * S
     h.pings(back, [ping(back - 3 * S)])
     assert h.of_type(AlertType.CONTACT_RESTORED)[0].evidence["reason"] == "location_off"
+
+
+def test_restore_waits_for_the_rest_of_a_chunked_backlog() -> None:
+    h = Harness(ContactParams())  # restore_settle_s 30
+    last = T0 + 60 * S
+    h.track(T0, last)
+    lose(h, last)
+    back = last + 3600 * S
+    backlog = [ping(ts) for ts in range(last + 5 * S, back, 5 * S)]
+    chunks = [backlog[-20:], backlog[:-20]]  # the newest pings first: none mid-gap
+    h.pings(back, chunks[0])
+    assert h.state.pending_restore is not None and h.state.pending_restore[2] == 0
+    h.pings(back + 1500, chunks[1])
+    assert h.tick(back + 30 * S - 1) == []  # still settling
+    restored = h.tick(back + 30 * S)
+    assert len(restored) == 1
+    assert restored[0].evidence["reason"] == "no_network"
+    assert int(restored[0].evidence["recording_pings"]) > 600
+    assert restored[0].evidence["gap_s"] == "3599"  # last receipt to the backlog's first request
+
+
+def test_restore_is_not_held_back_by_a_phone_streaming_every_fix() -> None:
+    h = Harness(ContactParams())
+    last = T0 + 60 * S
+    h.track(T0, last)
+    lose(h, last)
+    back = last + 900 * S
+    h.track(back, back + 60 * S)  # a live app: one request every 5 s
+    assert len(h.of_type(AlertType.CONTACT_RESTORED)) == 1
 
 
 # -- ids, replay and state ---------------------------------------------------------------------

@@ -417,6 +417,29 @@ def test_contact_confusion_refinement_timing_and_false_alerts() -> None:
     assert score.within_limit == 0.75
 
 
+def test_contact_time_to_alert_from_last_received_data() -> None:
+    # a: died 40 s after its last upload; c: GPS off, its last fix uploaded 50 s later.
+    truth = [
+        {**loss("a", "powered_off", T0, T0 + 30 * MIN), "last_received_ms": T0 - 40 * S},
+        {**loss("c", "location_off", T0, T0 + 40 * MIN), "last_received_ms": T0 + 50 * S},
+        loss("b", "app_killed", T0, T0 + 20 * MIN),  # no server view: left out of tta_rx
+    ]
+    alerts = [
+        lost("a", T0 + 561 * S, "powered_off"),
+        lost("c", T0 + 651 * S, "location_off"),
+        lost("b", T0 + 600 * S, "app_killed"),
+    ]
+    score = score_contact(alerts, truth, LIMIT_S)
+    assert score.tta_median_s == 600.0 and score.tta_max_s == 651.0
+    assert score.within_limit == 1.0
+    assert score.tta_rx_median_s == pytest.approx(601.0) and score.tta_rx_max_s == 601.0
+    assert score.within_limit_rx == 1.0
+    late = score_contact([lost("a", T0 + 661 * S, "powered_off")], truth[:1], LIMIT_S)
+    assert late.within_limit == 0.0 and late.within_limit_rx == 0.0  # 661 s and 701 s
+    plain = score_contact(alerts, CONTACT_TRUTH, LIMIT_S)
+    assert plain.tta_rx_median_s is None and plain.within_limit_rx is None
+
+
 def test_contact_alert_after_grace_misses() -> None:
     truth = [loss("a", "powered_off", T0, T0 + 20 * MIN)]
     late = score_contact([lost("a", T0 + 22 * MIN + S, "powered_off")], truth, LIMIT_S)

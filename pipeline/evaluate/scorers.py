@@ -67,11 +67,19 @@ Metrics and parameters, per scorer:
   predicted reason / detected losses; `alert_reason_accuracy` is the same with the reason
   known when the alert fired (no refinement). `confusion` = {true reason: {predicted:
   count}} over detected losses; `recall_by_reason` = {true reason: recall}.
-  Time to alert = alert ts - loss start: `tta_median_s`, `tta_max_s`, and
-  `within_limit` = fraction of detected losses alerted within `limit_s` + 60 s.
+  Time to alert = alert ts - loss start (what the phone did: the product promises an alert
+  within N minutes of losing contact): `tta_median_s`, `tta_max_s`, and `within_limit` =
+  fraction of detected losses alerted within `limit_s` + 60 s. A loss may also carry
+  `last_received_ms`, the receive time of the last data before the silence as the server saw
+  it (the evaluation runner adds it); from it `tta_rx_median_s`, `tta_rx_max_s` and
+  `within_limit_rx` measure the detector's own delay (`None` when no matched loss has it). A
+  phone that dies between uploads went quiet on the server up to one upload interval before
+  the loss start (tta < tta_rx); one whose GPS goes off uploads its last fix up to an upload
+  interval after it (tta > tta_rx for a detector that waits from the receive time).
 
 `score_smoothing(points, truth, min_truth_km=0.5)` -> `SmoothScore`
-  Track points join the `path` truth on (device_id, seq, ts_ms). Points flagged LATE or
+  Track points join the `path` truth on (device_id, seq, ts_ms), or on (device_id, seq) when
+  flagged CLOCK_CORRECTED (their ts_ms is no longer the phone's). Points flagged LATE or
   OUTLIER and truth flagged `spoofed` are excluded from the error. `rmse_raw_m` /
   `rmse_smoothed_m` = root mean square haversine distance of the raw / smoothed position to
   the true position; `rmse_reduction_pct` = (raw - smoothed) / raw * 100.
@@ -421,6 +429,9 @@ class ContactScore(_Score):
     tta_max_s: float | None
     within_limit: float | None
     limit_s: float
+    tta_rx_median_s: float | None = None  # from the last data received (see the docstring)
+    tta_rx_max_s: float | None = None
+    within_limit_rx: float | None = None
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
     recall_by_reason: dict[str, float | None] = field(default_factory=dict)
 
@@ -458,6 +469,7 @@ def score_contact(
     for loss in losses:
         per_reason_total[loss["reason"]] += 1
     tta: list[float] = []
+    tta_rx: list[float] = []
     right = right_at_alert = 0
     for d, t in matched:
         alert, loss = lost[d], losses[t]
@@ -470,6 +482,8 @@ def score_contact(
         right_at_alert += at_alert == true_reason
         per_reason_hit[true_reason] += 1
         tta.append((alert.ts_ms - loss["start_ms"]) / 1000.0)
+        if loss.get("last_received_ms") is not None:
+            tta_rx.append((alert.ts_ms - loss["last_received_ms"]) / 1000.0)
     n = len(matched)
     allowed = limit_s + 60.0
     return ContactScore(
@@ -485,6 +499,9 @@ def score_contact(
         tta_max_s=max(tta) if tta else None,
         within_limit=_ratio(sum(1 for x in tta if x <= allowed), n),
         limit_s=float(limit_s),
+        tta_rx_median_s=_median(tta_rx),
+        tta_rx_max_s=max(tta_rx) if tta_rx else None,
+        within_limit_rx=_ratio(sum(1 for x in tta_rx if x <= allowed), len(tta_rx)),
         confusion={k: dict(sorted(v.items())) for k, v in sorted(confusion.items())},
         recall_by_reason={
             r: _ratio(per_reason_hit[r], total) for r, total in sorted(per_reason_total.items())
@@ -515,11 +532,14 @@ def score_smoothing(
 ) -> SmoothScore:
     """Position error of raw and smoothed track points, and mileage (see the module docstring)."""
     truth_at: dict[tuple[str, int, int], tuple[float, float, bool]] = {}
+    by_seq: dict[tuple[str, int], tuple[float, float, bool]] = {}  # for clock-corrected points
     true_km: dict[str, float] = {}
     for t in truth:
         kind = t.get("type")
         if kind == "path":
-            truth_at[(t["device_id"], t["seq"], t["ts_ms"])] = (
+            truth_at[(t["device_id"], t["seq"], t["ts_ms"])] = by_seq[
+                (t["device_id"], t["seq"])
+            ] = (
                 t["lat"],
                 t["lon"],
                 bool(t["spoofed"]),
@@ -532,6 +552,8 @@ def score_smoothing(
     unjoined = 0
     for p in points:
         found = truth_at.get((p.device_id, p.seq, p.ts_ms))
+        if found is None and p.flags & TrackFlag.CLOCK_CORRECTED:
+            found = by_seq.get((p.device_id, p.seq))
         if found is None:
             unjoined += 1
             continue
@@ -625,6 +647,8 @@ TARGETS: dict[tuple[str, str], str] = {
     ("contact", "reason_accuracy"): ">= 0.95",
     ("contact", "within_limit"): "1.0 (limit + 60 s)",
     ("contact", "tta_median_s"): "",
+    ("contact", "tta_max_s"): "",
+    ("contact", "tta_rx_median_s"): "",  # from the last data received, not the true start
     ("smoothing", "rmse_raw_m"): "",
     ("smoothing", "rmse_smoothed_m"): "",
     ("smoothing", "rmse_reduction_pct"): ">= 40 (at 20 m noise)",

@@ -3,25 +3,38 @@
 "Contact" means location data: a device is in contact while its pings keep arriving. Device
 states (shutdown, gps_off, ...) are remembered as evidence but do not count as contact, because
 a phone that reports `gps_off` and then keeps quiet is exactly the case ops must hear about.
-Silence is measured on the processing clock (`ctx.now_ms` minus the time the last ping was
-received), so a phone with a wrong clock cannot hide or fake a silence.
+Silence is measured on the processing clock, so a phone with a wrong clock cannot hide or fake
+a silence: from the receive time of the last upload of pings, moved back by how much older its
+newest fix was than usual. A phone whose GPS goes off at T uploads its last fix at T + up to
+one upload interval and then keeps quiet; its location data stopped at T, not at the upload.
+"Older than usual" = the upload's lag (receive time minus the newest fix's event time) minus
+the lag of the previous upload that brought a newer fix; the difference cancels the phone's
+clock offset and network latency, and is capped at `upload_slack_s`. On the tuning seeds this
+moves gps_off / permission_revoked alerts 31-54 s earlier (their last fix is uploaded that
+long after it was taken); a phone that dies between uploads has a usual lag, so nothing
+changes there. Pings that bring no newer fix (an old backlog chunk) restart the silence from
+their receive time: contact means pings keep arriving.
 
 Episode life cycle (one alert per episode, not per tick):
 
-1. `tick`: no ping received for more than `silence_limit_s` -> open an episode and emit
+1. `tick`: silence (above) longer than `silence_limit_s` -> open an episode and emit
    LOST_CONTACT (warning) with the reason inferred from what is known at that moment.
 2. `on_device_state`: states keep arriving late (a phone uploads "shutdown" when it boots
    again); while an episode is open they refine its reason. The LOST_CONTACT alert already
    stored keeps what was known when it fired; no second alert is raised.
-3. `observe`: the first pings after the silence end the episode; the next `tick` emits
-   CONTACT_RESTORED (info) carrying the refined reason, the gap length and how many buffered
-   pings were recorded inside the gap. Waiting for the tick means every state received up to
-   then counts (a phone uploads states and pings in separate requests, and on Kafka they are
-   read from separate topics), and decisions only use states received by the moment judged,
-   so the result does not depend on which request was read first.
+3. `observe`: the first pings after the silence end the episode; the first `tick`
+   `restore_settle_s` later emits CONTACT_RESTORED (info) carrying the refined reason, the
+   gap length and how many buffered pings were recorded inside the gap. A backlog arrives in
+   several requests (chunks of 40-150 records 1.5 s apart in the simulator, a retry at the
+   end), and the first chunk alone may hold only the newest pings, all within
+   `upload_slack_s` of the gap's end: judged on it, an hour offline read as "unknown".
+   Waiting for the tick also means every state received up to then counts (a phone uploads
+   states and pings in separate requests, and on Kafka they are read from separate topics),
+   and decisions only use states received by the moment judged, so the result does not
+   depend on which request was read first.
 
 Work hours: an episode is opened only if the device's schedule (`ctx.schedule`, None = always)
-is active at the moment the limit passes (last receive time + `silence_limit_s`). A silence
+is active at the moment the limit passes (silence start + `silence_limit_s`). A silence
 that starts before the end of the shift but whose limit passes after it never alerts, which
 also covers a phone switched off at the end of the shift. A phone that never reports at the
 start of a shift is not an episode either (that is attendance, not lost contact). A device
@@ -74,7 +87,15 @@ Parameters (`ContactParams`, section `[contact]`):
   explaining the silence (fix timestamps and state timestamps come from different APIs).
 - `upload_slack_s` (120): pings within this of either end of the gap do not prove the phone
   was recording during it (the last, not yet uploaded batch before a shutdown; the first
-  fresh batch after it). Should exceed the phones' upload interval.
+  fresh batch after it). Should exceed the phones' upload interval. Also the most a silence
+  start is moved back for an unusually old last fix (a phone holds a fix at most one upload
+  interval; 54 s was the largest seen on the tuning seeds).
+- `restore_settle_s` (30): CONTACT_RESTORED waits this long after the first pings that end
+  the silence, so a backlog sent in several requests counts whole: an hour at 5 s sampling is
+  720 pings, up to 18 chunks 1.5 s apart plus a retry (< 30 s). A fixed delay, not "until
+  quiet", so a phone streaming every fix (Traccar, OwnTracks) is not held back. Judged
+  after the first chunk (a 0.5-1 s timer), one of 60 hourly backlogs (tuning + held-out
+  seeds, simulator) read as "unknown"; the restore alert is informational, 30 s is cheap.
 - `min_recording_pings` (1): this many pings recorded well inside the gap make the reason
   no_network.
 - `max_recent_states` (8): how many contact-relevant device states are kept (newest by
@@ -112,6 +133,7 @@ class ContactParams:
     shutdown_alert_s: float = 180.0
     state_slack_s: float = 30.0
     upload_slack_s: float = 120.0
+    restore_settle_s: float = 30.0
     min_recording_pings: int = 1
     max_recent_states: int = 8
 
@@ -121,6 +143,10 @@ class ContactState(SerialisableState):
     """Per-device contact state; a few dozen numbers, bounded by `max_recent_states`."""
 
     last_rx_ms: int | None = None  # processing time the newest ping was received
+    # Processing time the silence is measured from: last_rx_ms, minus how much older than
+    # usual the newest fix was when it arrived (see the module docstring).
+    silence_from_ms: int | None = None
+    fix_lag_ms: int | None = None  # receive minus event time of the newest fix, at its upload
     last_fix_ms: int | None = None  # event time of the newest ping
     last_lat: float | None = None
     last_lon: float | None = None
@@ -141,8 +167,8 @@ class ContactState(SerialisableState):
     prev_episode_start_ms: int | None = None  # keeps ids distinct if a start repeats
     settled_rx_ms: int | None = None  # this silence was judged: outside hours, never alerts
     # Contact came back: [received_ms, buffered, recording, battery before it came back or -1]
-    # waiting for the next tick, which emits CONTACT_RESTORED once every state received up to
-    # then has been seen.
+    # waiting for a tick `restore_settle_s` later, which emits CONTACT_RESTORED once the
+    # backlog and every state received up to then have been seen.
     pending_restore: list[float] | None = None
 
 
@@ -209,6 +235,7 @@ class ContactMonitor:
         self._shutdown_ms = int(min(p.shutdown_alert_s, p.silence_limit_s) * 1000)
         self._slack_ms = int(p.state_slack_s * 1000)
         self._upload_slack_ms = int(p.upload_slack_s * 1000)
+        self._settle_ms = int(p.restore_settle_s * 1000)
 
     def initial_state(self) -> ContactState:
         return ContactState()
@@ -254,10 +281,18 @@ class ContactMonitor:
             self._note_restore(state, in_order, late, rx)
         if state.last_rx_ms is None or rx > state.last_rx_ms:
             state.last_rx_ms = rx
+        silence_from = rx
         if state.last_fix_ms is None or newest.ts_ms > state.last_fix_ms:
+            # A newer fix: start the silence when it was taken, if it came older than usual.
+            lag = rx - newest.ts_ms
+            if state.fix_lag_ms is not None and lag > state.fix_lag_ms:
+                silence_from = rx - min(lag - state.fix_lag_ms, self._upload_slack_ms)
+            state.fix_lag_ms = lag
             state.last_fix_ms = newest.ts_ms
             state.last_lat = newest.lat
             state.last_lon = newest.lon
+        if state.silence_from_ms is None or silence_from > state.silence_from_ms:
+            state.silence_from_ms = silence_from
         for p in reversed(in_order):  # usually one step: the newest ping carries the battery
             if p.battery_pct is not None:
                 if state.last_battery_ms is None or p.ts_ms >= state.last_battery_ms:
@@ -270,18 +305,20 @@ class ContactMonitor:
         has passed."""
         if state.episode_id is not None and state.episode_start_ms is not None:
             state.episode_reason = self._infer(state, state.episode_start_ms, 0, ctx.now_ms)[0]
-            if state.pending_restore is not None and state.pending_restore[0] <= ctx.now_ms:
+            pending = state.pending_restore
+            if pending is not None and pending[0] + self._settle_ms <= ctx.now_ms:
                 self._restore(state, ctx, out)
         last_rx = state.last_rx_ms
         if last_rx is None or state.episode_id is not None or state.settled_rx_ms == last_rx:
             return
-        silence_ms = ctx.now_ms - last_rx
+        since = last_rx if state.silence_from_ms is None else min(state.silence_from_ms, last_rx)
+        silence_ms = ctx.now_ms - since
         if silence_ms <= self._shutdown_ms:
             return
         early = silence_ms <= self._limit_ms
         if early and not self._shutdown_pending(state, ctx.now_ms):
             return
-        if not schedule_active(ctx.schedule, last_rx + self._limit_ms):
+        if not schedule_active(ctx.schedule, since + self._limit_ms):
             state.settled_rx_ms = last_rx  # limit passes outside work hours: never alerts
             return
         self._open(state, silence_ms, early, ctx, out)
@@ -321,6 +358,7 @@ class ContactMonitor:
                     rule=rule,
                     last_seen_ms=start,
                     last_received_ms=state.last_rx_ms,
+                    silence_from_ms=ctx.now_ms - silence_ms,
                     last_lat=_or_blank(state.last_lat),
                     last_lon=_or_blank(state.last_lon),
                     last_battery_pct=_or_blank(state.last_battery_pct),
