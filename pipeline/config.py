@@ -80,6 +80,11 @@ class KafkaSettings:
     # A driver that owns the clock (simulation, tests) waits for each tick to be processed
     # before posting the next step; workers then acknowledge ticks on `<prefix>tick-acks`.
     tick_acks: bool = False
+    # The worker takes up to this many records (or what arrived within `worker_batch_ms`) per
+    # round: their outputs are acknowledged together before their states are written, one
+    # broker round trip per round instead of one per record.
+    worker_batch_records: int = 500
+    worker_batch_ms: int = 20
     session_timeout_s: float = 10.0  # a killed worker's partitions move after this long
     producer_timeout_s: float = 5.0  # the gateway answers 503 when the broker takes longer
 

@@ -10,12 +10,19 @@ states alike, has been processed, whichever topic Faust happened to read first. 
 lets a table change inside stream iteration, which a tick record also satisfies.) The
 progress of that barrier is kept in the table, so a restarted worker resumes it.
 
+The agent works in rounds of up to `kafka.worker_batch_records` records (`take_events`, which
+acks a round's events only once the round is done). A round processes its records in order
+against a local copy of the states they touch, sends every output without waiting, then waits
+for all the acknowledgements and only then writes the changed states (table store plus an
+explicit changelog record on the state's own partition: outside Faust's per-event context a
+plain table write cannot know it). One broker round trip per round instead of one per record.
+
 Delivery is at-least-once: a device's new state is written to the table (its changelog) only
-after the broker acknowledged that event's outputs, Faust commits source offsets only after
-the event, a failed send stops the worker hard (so no offset past it is ever committed), and
-outputs carry deterministic ids, so a replay after a crash stores nothing twice and loses
-nothing. Agent concurrency stays 1
-(a known Faust bug can commit past an in-flight event with more).
+after the broker acknowledged the outputs that led to it, Faust commits source offsets only
+for acked events, a failed send stops the worker hard (so no offset past it is ever
+committed), and outputs carry deterministic ids, so a replay after a crash stores nothing
+twice and loses nothing. Agent concurrency stays 1 (a known Faust bug can commit past an
+in-flight event with more).
 """
 
 from __future__ import annotations
@@ -159,77 +166,123 @@ class Worker:
 
     async def _agent(self, stream: Any) -> Any:
         await self.reference_ready.wait()  # never process a batch without customers and fences
-        async for event in stream.events():
-            try:
-                item = records.decode_input(event.value)
-            except Exception as exc:  # a bad record must not stop the partition
-                log.error("undecodable record at %s[%s]@%s: %s", event.message.topic,
-                          event.message.partition, event.message.offset, exc)  # fmt: skip
-                continue
-            partition = event.message.partition
-            if isinstance(item, Tick):
-                await self._barrier(item, partition, event.message.topic)
-            else:
-                await self._process(item, partition, event.key)
-            self.processed += 1
+        kafka = self.settings.kafka
+        async for events in stream.take_events(
+            max(1, kafka.worker_batch_records), kafka.worker_batch_ms / 1000.0
+        ):
+            round_ = _Round(self)
+            for event in events:
+                try:
+                    item = records.decode_input(event.value)
+                except Exception as exc:  # a bad record must not stop the partition
+                    log.error("undecodable record at %s[%s]@%s: %s", event.message.topic,
+                              event.message.partition, event.message.offset, exc)  # fmt: skip
+                    continue
+                partition = event.message.partition
+                if isinstance(item, Tick):
+                    await self._barrier(round_, item, partition, event.message.topic)
+                else:
+                    await self._process(round_, item, partition, event.key)
+            await round_.commit()
+            self.processed += len(events)
             yield None
 
-    async def _process(self, batch: Any, partition: int, key: bytes) -> None:
-        stored = self.states.get(key)
+    async def _process(self, round_: _Round, batch: Any, partition: int, key: bytes) -> None:
+        stored = round_.get(key)
         state = PipelineState.from_dict(stored["s"]) if stored else self.topology.initial_state()
         ctx = self.topology.context(
             self.feed.reference, batch.org_id, batch.device_id, batch.received_ms
         )
         result = self.topology.process(state, batch, ctx)
         self.counters.update(result.counters)
-        await self._emit(result)
-        self.states[key] = {"p": partition, "s": state.to_dict()}
+        await round_.emit(result)
+        round_.put(key, {"p": partition, "s": state.to_dict()}, partition)
 
-    async def _barrier(self, tick: Tick, partition: int, topic: str) -> None:
+    async def _barrier(self, round_: _Round, tick: Tick, partition: int, topic: str) -> None:
         """Run the timers of `partition` up to the newest tick read from both input topics."""
         key = b"\x00tick/%d" % partition
-        seen = dict(self.states.get(key) or {"p": -1, "done": 0})
+        seen = dict(round_.get(key) or {"p": -1, "done": 0})
         seen[topic] = max(seen.get(topic, 0), tick.now_ms)
         if tick.final:
             seen["final"] = tick.now_ms
         ready = min(seen.get(t, 0) for t in self.topics.inputs)
         if ready > seen["done"]:
             seen["done"] = ready
-            await self._tick(Tick(ready, seen.get("final") == ready), partition)
-        self.states[key] = seen  # "p": -1 keeps it out of the timers' device scan
-        if self.settings.kafka.tick_acks and self.producer is not None:
+            await self._tick(round_, Tick(ready, seen.get("final") == ready), partition)
+        round_.put(key, seen, partition)  # "p": -1 keeps it out of the timers' device scan
+        if self.settings.kafka.tick_acks:
             # Also after a restart that finds the tick already done: the driver waits on it.
-            ack = records.encode_tick(seen["done"])
-            await (await self.producer.send(self.topics.tick_acks, ack, partition=partition))
+            round_.tick_acks.append((partition, seen["done"]))
 
-    async def _tick(self, tick: Tick, partition: int) -> None:
-        for key, stored in list(self.states.items()):
-            if stored.get("p") != partition:
-                continue
+    async def _tick(self, round_: _Round, tick: Tick, partition: int) -> None:
+        for key in round_.keys_of(partition):
+            stored = round_.get(key)
             org_id, _, device_id = key.decode().partition("/")
             state = PipelineState.from_dict(stored["s"])
             ctx = self.topology.context(self.feed.reference, org_id, device_id, tick.now_ms)
             result = self.topology.tick(state, ctx, final=tick.final)
-            await self._emit(result)
+            await round_.emit(result)
             fresh = state.to_dict()
             if fresh != stored["s"]:  # write the changelog only when a timer changed state
-                self.states[key] = {"p": partition, "s": fresh}
+                round_.put(key, {"p": partition, "s": fresh}, partition)
 
-    async def _emit(self, result: Any) -> None:
-        """Sends the outputs and waits until the broker has them all. Only then may the
-        caller write the new state: a state in the changelog never runs ahead of the outputs
-        it produced, so after a crash a replayed event either finds the old state (and emits
-        the same outputs again, same ids) or finds its outputs already delivered."""
-        assert self.producer is not None  # started before the agent reads anything
-        pending = [
-            await self.producer.send(self.output_names[short], value, key=key)
-            for short, key, value in records.encode_outputs(result)
-        ]
-        for fut in pending:
+
+class _Round:
+    """One round of the agent: states read through a local overlay, outputs in flight, and
+    the writes that wait for their acknowledgements."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.table = worker.states
+        self.changed: dict[bytes, tuple[Any, int]] = {}  # key -> (new value, partition)
+        self.in_flight: list[asyncio.Future[Any]] = []
+        self.tick_acks: list[tuple[int, int]] = []
+
+    def get(self, key: bytes) -> Any:
+        if key in self.changed:
+            return self.changed[key][0]
+        return self.table.data.get(key)
+
+    def put(self, key: bytes, value: Any, partition: int) -> None:
+        self.changed[key] = (value, partition)
+
+    def keys_of(self, partition: int) -> list[bytes]:
+        """Device keys of `partition`, including devices first seen in this round."""
+        keys = {k for k, v in self.table.data.items() if v.get("p") == partition}
+        keys.update(k for k, (v, _) in self.changed.items() if v.get("p") == partition)
+        return sorted(keys)
+
+    async def emit(self, result: Any) -> None:
+        producer = self.worker.producer
+        assert producer is not None  # started before the agent reads anything
+        for short, key, value in records.encode_outputs(result):
+            self.in_flight.append(
+                await producer.send(self.worker.output_names[short], value, key=key)
+            )
+
+    async def commit(self) -> None:
+        """Waits until the broker has every output of the round; only then are the states
+        written: a state in the changelog never runs ahead of the outputs it produced, so after
+        a crash a replayed event either finds the old state (and emits the same outputs again,
+        same ids) or finds its outputs already delivered."""
+        for fut in self.in_flight:
             try:
                 await fut
             except Exception as exc:
                 _die(exc)
+        for key, (value, partition) in self.changed.items():
+            self.table.data[key] = value
+            self.table.send_changelog(partition, key, value)
+        producer = self.worker.producer
+        if self.tick_acks and producer is not None:
+            sent = [
+                await producer.send(
+                    self.worker.topics.tick_acks, records.encode_tick(done), partition=partition
+                )
+                for partition, done in self.tick_acks
+            ]
+            for fut in sent:
+                await fut
 
 
 def run_worker(settings: Settings, *, loglevel: str = "warn", web_port: int = 0) -> None:
