@@ -203,6 +203,7 @@ class AlertType(StrEnum):
     SPOOF_CONSTANT_ACCURACY = "spoof_constant_accuracy"
     SPOOF_CLOCK_SKEW = "spoof_clock_skew"
     SPOOF_JUMP_BACK = "spoof_jump_back"  # jump to a customer and back
+    SPOOF_REPLAY = "spoof_replay"  # an earlier day's track replayed with shifted times
     LEFT_POST = "left_post"
     FORBIDDEN_ZONE = "forbidden_zone"
     LOST_CONTACT = "lost_contact"
