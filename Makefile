@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 
 KAFKA_BOOTSTRAP ?= 127.0.0.1:19092
 
-.PHONY: venv run test lint fmt clean kafka-up kafka-down evaluate
+.PHONY: venv run test lint fmt clean kafka-up kafka-down evaluate bench bench-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating virtualenv $(VENV) and installing fieldtrack (first run takes ~1 min)"
@@ -31,6 +31,16 @@ endif
 evaluate: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[eval]"
 	$(VENV)/bin/fieldtrack evaluate $(ARGS)
+
+# make bench: benchmarks 1-3 and 6 of issue 7 (tables printed, JSON appended to
+# bench/results/); the trackintel baseline needs the [eval] extra. make bench-quick: ~2 min.
+bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[eval]"
+	$(VENV)/bin/fieldtrack bench $(ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e ".[eval]"
+	$(VENV)/bin/fieldtrack bench --quick $(ARGS)
 
 kafka-up: $(STAMP)
 	$(PY) -m pipeline.broker up

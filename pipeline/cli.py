@@ -8,6 +8,7 @@ fieldtrack devices add|list          register devices (prints the token once)
 fieldtrack customers import FILE     customers from CSV or GeoJSON
 fieldtrack fences import FILE        fences from GeoJSON
 fieldtrack schema                    print the ClickHouse DDL
+fieldtrack bench [--quick]           benchmarks, recorded in bench/results/
 """
 
 from __future__ import annotations
@@ -418,6 +419,16 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.bench import BENCHMARKS, run_all
+
+    unknown = [name for name in args.only or [] if name not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"error: unknown benchmark {unknown[0]!r}; known: {', '.join(BENCHMARKS)}")
+    run_all(args.only, quick=args.quick, console=console, results_dir=Path(args.results))
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.stream.alerts import tail_alerts
 
@@ -705,6 +716,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the result (default results/evaluation.json for a full run)",
     )
     ev.set_defaults(func=cmd_evaluate)
+
+    bench = sub.add_parser(
+        "bench", help="benchmarks: processor core, fence scaling, state scaling, store"
+    )
+    bench.add_argument("--quick", action="store_true", help="smaller sizes (about 2 minutes)")
+    bench.add_argument(
+        "--only", action="extend", nargs="+", metavar="NAME",
+        help="only these benchmarks (core, fences, state, store)",
+    )  # fmt: skip
+    bench.add_argument("--results", default="bench/results", help="directory of the JSONL records")
+    bench.set_defaults(func=cmd_bench)
 
     sch = sub.add_parser("schema", help="print the ClickHouse DDL")
     sch.set_defaults(func=cmd_schema)
