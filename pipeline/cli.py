@@ -8,6 +8,7 @@ fieldtrack devices add|list          register devices (prints the token once)
 fieldtrack customers import FILE     customers from CSV or GeoJSON
 fieldtrack fences import FILE        fences from GeoJSON
 fieldtrack schema                    print the ClickHouse DDL
+fieldtrack docs                      write docs/processors.md (every processor setting)
 fieldtrack bench [--quick]           benchmarks, recorded in bench/results/
 """
 
@@ -419,6 +420,19 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline.config import processor_reference
+
+    text = processor_reference()
+    if args.output == "-":
+        print(text)
+    else:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+        console.print(f"[dim]written to {args.output}[/dim]")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.bench import BENCHMARKS, run_all
 
@@ -727,6 +741,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument("--results", default="bench/results", help="directory of the JSONL records")
     bench.set_defaults(func=cmd_bench)
+
+    docs = sub.add_parser("docs", help="write docs/processors.md: every processor setting")
+    docs.add_argument("--output", default="docs/processors.md", help="where ('-': stdout)")
+    docs.set_defaults(func=cmd_docs)
 
     sch = sub.add_parser("schema", help="print the ClickHouse DDL")
     sch.set_defaults(func=cmd_schema)

@@ -193,3 +193,45 @@ def load_settings(
                 raise ValueError(f"{var}: unknown section {name!r}")
             _set(sections[name], key.lower(), value, var)
     return settings
+
+
+def processor_reference() -> str:
+    """docs/processors.md: every processor setting with its default, then the processor's own
+    documentation (its module docstring, where each default is explained with the evidence
+    behind it). Generated, so it cannot drift: `fieldtrack docs` writes it; a test checks the
+    file is current and that every setting is documented in its module."""
+    import sys
+
+    lines = [
+        "# Processor settings and why they are what they are",
+        "",
+        "Generated from the code by `fieldtrack docs` (do not edit by hand). Every",
+        "setting is `[section] field` in TOML or `FIELDTRACK_<SECTION>__<FIELD>` in the",
+        "environment. Defaults were chosen on the evaluation's tuning seeds",
+        "(`fieldtrack evaluate --seeds tuning`, `--sweep section.field v1,v2`); the held-out",
+        "result is in `results/evaluation.json`.",
+        "",
+    ]
+    for f in dataclasses.fields(ProcessorSettings):
+        params_type = type(getattr(ProcessorSettings(), f.name))
+        module = sys.modules[params_type.__module__]
+        lines += [f"## `[{f.name}]` ({params_type.__module__})", "", "| setting | default |",
+                  "|---|---|"]  # fmt: skip
+        for p in dataclasses.fields(params_type):
+            default = getattr(params_type(), p.name)
+            lines.append(f"| `{f.name}.{p.name}` | `{default!r}` |")
+        lines += ["", (module.__doc__ or "").strip(), ""]
+    return "\n".join(lines)
+
+
+def undocumented_settings() -> list[str]:
+    """Processor settings whose name does not appear in their module's docstring."""
+    import sys
+
+    missing = []
+    for f in dataclasses.fields(ProcessorSettings):
+        params_type = type(getattr(ProcessorSettings(), f.name))
+        doc = sys.modules[params_type.__module__].__doc__ or ""
+        missing += [f"{f.name}.{p.name}" for p in dataclasses.fields(params_type)
+                    if f"`{p.name}`" not in doc]  # fmt: skip
+    return missing

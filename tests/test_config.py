@@ -51,3 +51,15 @@ def test_unknown_toml_section(tmp_path: Path) -> None:
     cfg.write_text("[nonsense]\na = 1\n")
     with pytest.raises(ValueError, match=r"unknown section \[nonsense\]"):
         load_settings(cfg, env={})
+
+
+def test_every_processor_setting_is_documented_and_the_reference_is_current() -> None:
+    from pathlib import Path
+
+    from pipeline.config import processor_reference, undocumented_settings
+
+    assert undocumented_settings() == []
+    docs = Path(__file__).resolve().parent.parent / "docs" / "processors.md"
+    assert docs.read_text() == processor_reference() + "\n", (
+        "docs/processors.md is stale: run `fieldtrack docs`"
+    )
