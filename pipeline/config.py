@@ -66,6 +66,9 @@ class StoreSettings:
 class RunnerSettings:
     queue_batches: int = 2000  # bounded queue: when full, the gateway waits (back-pressure)
     tick_interval_ms: int = 500  # how often timers (lost contact, reorder release) run
+    # How often device states are checkpointed while running (0: only at a clean stop); after
+    # a crash, what was received since the last checkpoint is reprocessed from the raw tables.
+    snapshot_interval_s: float = 60.0
 
 
 @dataclass(slots=True)
