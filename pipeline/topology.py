@@ -173,7 +173,8 @@ class Topology:
             visits_before = len(out.visits)
             self.dwell.process(state.dwell, good, ctx, out)
             self._verify_visits(state, out, visits_before)
-            self.fences.process(state.fences, good, ctx, out)
+            if not self.spoof.replaying(state.spoof):  # a replayed day crosses no real fence
+                self.fences.process(state.fences, good, ctx, out)
 
     def _verify_visits(self, state: PipelineState, out: Result, first: int) -> None:
         """A visit overlapping an anti-cheat episode is stored, but not as verified."""

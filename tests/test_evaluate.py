@@ -56,6 +56,14 @@ def test_border_loiterer_never_flaps() -> None:
     assert fences["flaps"] == 0 and fences["fp"] == 0
 
 
+def test_replayed_tracks_are_found_and_honest_second_days_are_not() -> None:
+    replay = next(s for s in scenario_suite() if s.name == "replayed track")
+    spoof = run_scenario(replay, TUNING_SEEDS[0]).scores["spoofing"]
+    assert spoof["by_kind"]["replayed_track"]["recall"] == 1.0  # both replayers, seed 1
+    assert spoof["precision"] == 1.0 and spoof["false_alarms"] == 0  # honest reps: nothing
+    assert spoof["ttd_median_s"] <= 3600  # 20 min on this seed
+
+
 def test_real_tracks_raise_no_spoof_alert_and_are_all_accepted() -> None:
     assert REAL_TRACKS.is_dir(), (
         f"real tracks not found at {REAL_TRACKS} (../shared beside the clone)"

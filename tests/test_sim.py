@@ -592,3 +592,60 @@ def test_border_loiterer_works_inside_an_office_edge_with_a_poor_gps(
     assert np.median(depths) < 25.0  # mostly along the edge, 8-20 m inside
     accs = [r["accuracy_m"] for r in unique_pings(sim, device_id)]
     assert np.median(accs) >= 10.0
+
+
+def test_replayer_reports_its_own_earlier_day_to_the_last_digit_from_home(city: City) -> None:
+    profiles = {"rep-001": "replayer", "rep-002": "honest"}
+    day = dt.date(2024, 5, 13)  # a Monday: the replayed day is Friday, 3 days back
+    sim = simulate(city, 2, day, seed=5, profiles=profiles, history_days=1)
+    assert len(sim.history) == 1 and sim.history[0].day == dt.date(2024, 5, 10)
+    assert [d.profile for d in sim.history[0].devices] == ["honest", "honest"]
+    recorded = unique_pings(sim.history[0], "rep-001")
+    replayed = unique_pings(sim, "rep-001")
+    assert len(replayed) == len(recorded) > 5000
+    keys = ("lat", "lon", "accuracy_m", "speed_mps", "bearing_deg", "altitude_m", "provider")
+    assert all(all(a[k] == b[k] for k in keys) for a, b in zip(recorded, replayed, strict=True))
+    shifts = {b["ts_ms"] - a["ts_ms"] for a, b in zip(recorded, replayed, strict=True)}
+    assert len(shifts) == 1
+    assert 0 <= shifts.pop() - 3 * 86_400_000 <= 300_000  # whole days plus a small offset
+    assert not any(r["is_mock"] for r in replayed)
+    assert replayed[0]["seq"] != recorded[0]["seq"]  # today's phone counts on
+    # The rep stays home; the truth is one replayed episode over the whole reported day.
+    assert len({(p["lat"], p["lon"]) for p in truth(sim, "path", "rep-001")}) == 1
+    assert all(p["spoofed"] for p in truth(sim, "path", "rep-001"))
+    assert not truth(sim, "visit", "rep-001") and truth(sim, "mileage", "rep-001")[0]["km"] == 0
+    (episode,) = truth(sim, "spoof_episode", "rep-001")
+    assert episode["kind"] == "replayed_track" and episode["alerts"] == ["spoof_replay"]
+    assert (episode["start_ms"], episode["end_ms"]) == (replayed[0]["ts_ms"], replayed[-1]["ts_ms"])
+    # The replayed day was a real working day.
+    assert len(truth(sim.history[0], "visit", "rep-001")) >= 5
+    # Without history the replayer's day is the same; today's honest day does not depend on it.
+    alone = simulate(city, 2, day, seed=5, profiles=profiles)
+    assert not alone.history
+    assert unique_pings(alone, "rep-001") == replayed
+    assert unique_pings(alone, "rep-002") == unique_pings(sim, "rep-002")
+
+
+def test_history_days_are_honest_days_from_the_same_home_never_repeating_a_moving_fix(
+    city: City,
+) -> None:
+    sim = simulate(city, 2, DAY, seed=3, profiles={"rep-001": "teleporter"}, history_days=2)
+    assert [h.day for h in sim.history] == [dt.date(2024, 5, 10), dt.date(2024, 5, 13)]
+    for device_id in ("rep-001", "rep-002"):
+        days = [*sim.history, sim]
+        homes = {
+            (s["lat"], s["lon"])
+            for d in days
+            for s in truth(d, "stop", device_id)
+            if s["kind"] == "home"
+        }
+        assert len(homes) == 1
+        # While moving, a fix never repeats another day's to the last digit (at rest among
+        # thousands of fixes a 1 cm coincidence does happen now and then).
+        positions = [
+            {(r["lat"], r["lon"]) for r in pings_of(d, device_id) if r["speed_mps"] >= 2}
+            for d in days
+        ]
+        assert all(len(p) > 300 for p in positions)
+        assert not positions[0] & positions[1] and not positions[1] & positions[2]
+        assert all(not truth(d, "spoof_episode", device_id) for d in sim.history)

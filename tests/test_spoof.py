@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -14,7 +15,7 @@ import pytest
 from pipeline.events import Alert, AlertType, DeviceState, Ping, make_id
 from pipeline.geo import M_PER_DEG_LAT
 from pipeline.processors.base import Ctx, Result
-from pipeline.processors.spoof import SpoofDetector, SpoofParams, SpoofState
+from pipeline.processors.spoof import SpoofDetector, SpoofParams, SpoofState, position_hash
 from pipeline.reference import CustomerIndex, ReferenceData
 from pipeline.reference.models import Customer
 
@@ -434,3 +435,109 @@ def test_params_are_config_friendly() -> None:
     for name in SpoofParams.__dataclass_fields__:
         assert type(getattr(SpoofParams(), name)) in (int, float, str, bool), name
     assert AlertType.SPOOF_STATIC.value == "spoof_static"
+
+
+# ---- replayed track -----------------------------------------------------------------------
+
+DAY_MS = 86_400_000
+
+
+def commute(day: int, seed: int, n: int = 600) -> list[Ping]:
+    """A day's 50 min drive along the same road at 08:00, with this day's own GPS noise: the
+    positions a phone reports (7 decimals) with the speed it reports."""
+    pings = drive(n, day * DAY_MS / 1000 + 8 * 3600, (LAT0, LON0), 10.0, seed, day * 10_000)
+    return [
+        dataclasses.replace(p, lat=round(p.lat, 7), lon=round(p.lon, 7), speed_mps=10.0)
+        for p in pings
+    ]
+
+
+def replayed(pings: list[Ping], days: int = 1, offset_ms: int = 97_000) -> list[Ping]:
+    """The same fixes sent again `days` later (a replay app), with today's seq numbers."""
+    return [
+        dataclasses.replace(p, seq=p.seq + 50_000, ts_ms=p.ts_ms + days * DAY_MS + offset_ms)
+        for p in pings
+    ]
+
+
+def test_replayed_day_is_one_critical_alert_with_the_matched_positions() -> None:
+    day1 = commute(0, seed=1)
+    day2 = replayed(day1)
+    alerts, state = run(day1 + day2)
+    (alert,) = alerts
+    assert alert.type == AlertType.SPOOF_REPLAY.value and alert.severity == "critical"
+    assert alert.evidence["matched_fixes"] == "3"
+    assert alert.evidence["earlier_day_first_ms"] == str(day1[0].ts_ms)
+    matched = [int(t) for t in alert.evidence["matched_ms"].split(",")]
+    assert day2[0].ts_ms <= matched[0] < matched[-1] == alert.ts_ms
+    assert alert.id == make_id(ORG, DEV, "spoof_replay", matched[0])
+    earlier = {(p.lat, p.lon) for p in day1}
+    shown = alert.evidence["matched_positions"].split(", ")
+    assert all(tuple(map(float, pos.split())) in earlier for pos in shown)
+    # Every moving fix after the alert extends the episode: later visits are not verified.
+    assert state.episodes["replay"] == [matched[0], day2[-1].ts_ms]
+    det = SpoofDetector()
+    assert det.suspect_alerts(state, day2[-10].ts_ms, day2[-1].ts_ms) == ["spoof_replay"]
+    # The same day replayed again the next day is a new episode with its own alert.
+    again, _ = run(replayed(day1, days=2, offset_ms=0), state=state)
+    assert types(again) == ["spoof_replay"] and again[0].id != alert.id
+
+
+def test_same_route_with_fresh_noise_or_without_speed_is_not_a_replay() -> None:
+    alerts, state = run(commute(0, seed=1) + commute(1, seed=2) + commute(2, seed=3))
+    assert alerts == []
+    assert len(state.fp_prev) == len(state.fp_today) == SpoofParams().replay_k  # compared
+    no_speed = [dataclasses.replace(p, speed_mps=None) for p in commute(0, seed=1)]
+    alerts, state = run(no_speed + replayed(no_speed))
+    assert alerts == [] and len(state.fp_today) == 0  # a rule that cannot see, stays silent
+
+
+def _fingerprinted(pings: list[Ping], state: SpoofState) -> list[Ping]:
+    """The fixes of `pings` whose positions are in the state's fingerprint of their day."""
+    hashes = set(state.fp_today)
+    return [p for p in pings if position_hash(p.lat, p.lon) in hashes]
+
+
+def test_one_cached_fix_repeated_the_next_morning_is_not_a_replay() -> None:
+    day1 = commute(0, seed=1)
+    _, state = run(day1)
+    cached = _fingerprinted(day1, state)
+    assert len(cached) == SpoofParams().replay_k  # one hash per distinct moving position
+    day2 = commute(1, seed=2)
+    # At app start the phone re-reports a fix of yesterday five times, 10 min before driving.
+    stale = [
+        dataclasses.replace(cached[-1], seq=90_000 + i, ts_ms=day2[0].ts_ms - 600_000 + 5000 * i)
+        for i in range(5)
+    ]
+    alerts, state = run(stale + day2, state=state)
+    assert alerts == [] and len(state.fp_hits) == 1  # seen, counted once, not enough
+    # Two more distinct positions of yesterday make three: that is a replay.
+    more = [
+        dataclasses.replace(p, seq=91_000 + i, ts_ms=day2[-1].ts_ms + 600_000 * (i + 1))
+        for i, p in enumerate(cached[:2])
+    ]
+    alerts, _ = run(more, state=state)
+    assert types(alerts) == ["spoof_replay"]
+
+
+@pytest.mark.parametrize("cut", [300, 600, 630, 700, 1100])
+def test_replay_state_round_trip_mid_stream_gives_identical_alerts(cut: int) -> None:
+    day1 = commute(0, seed=4)
+    pings = day1 + replayed(day1)
+    straight, end_state = run(pings, batch=10)
+    assert types(straight) == ["spoof_replay"]
+    first, state = run(pings[:cut], batch=10)
+    blob = json.dumps(state.to_dict())
+    restored = SpoofState.from_dict(json.loads(blob))
+    second, state2 = run(pings[cut:], batch=10, state=restored)
+    assert [(a.id, a.ts_ms, a.evidence) for a in first + second] == [
+        (a.id, a.ts_ms, a.evidence) for a in straight
+    ]
+    assert json.dumps(state2.to_dict()) == json.dumps(end_state.to_dict())
+
+
+def test_replay_fingerprints_stay_small() -> None:
+    _, state = run(commute(0, seed=1) + commute(1, seed=2))
+    fingerprint = {k: v for k, v in state.to_dict().items() if k.startswith("fp_")}
+    assert len(state.fp_prev) == len(state.fp_today) == 32
+    assert len(json.dumps(fingerprint, separators=(",", ":"))) <= 450

@@ -12,6 +12,10 @@ and mileage scores on the tuning seeds). Timer alerts (lost contact) fire up to 
 later than in a deployment, never earlier. No HTTP and no store: what is measured is the
 detectors.
 
+A scenario with `history_days` (the replayed track) drives that many earlier weekdays first
+through the same per-device states, as a deployment carries them over the nights; only the
+last day's facts are scored against its truth (an earlier day is an honest day of every rep).
+
 Seeds: defaults are tuned on `TUNING_SEEDS` and reported on `HELD_OUT_SEEDS`, which tuning
 never looks at.
 """
@@ -48,6 +52,9 @@ class Scenario:
     profiles: dict[str, str]
     ping_interval_s: float = 5.0
     noise_scale: float = 1.0
+    # Earlier weekdays driven through the same per-device states before the scored day (what
+    # a detector of replayed tracks must have seen); only the scored day's facts are scored.
+    history_days: int = 0
 
     @property
     def honest_devices(self) -> int:
@@ -85,6 +92,11 @@ def scenario_suite(quick: bool = False) -> list[Scenario]:
         Scenario("40 m noise", _reps("honest", "driveby", "forbidden"), noise_scale=5.0),
         # Working all day 8-20 m inside an office fence's edge with a 10-30 m GPS: no flaps.
         Scenario("border loiterer", _reps("border_loiterer", "border_loiterer", "honest")),
+        # Yesterday's own track replayed today (exact fixes, times moved by a day); the honest
+        # reps drove yesterday too, from the same homes, and must not look like replays.
+        Scenario(
+            "replayed track", _reps("replayer", "honest", "replayer", "honest"), history_days=1
+        ),
     ]
     if quick:
         keep = {"honest day", "spoofers", "contact loss", "fences"}
@@ -126,13 +138,38 @@ def reference_for(city: City, sim: Simulation) -> ReferenceData:
 def drive(
     sim: Simulation, ref: ReferenceData, settings: ProcessorSettings
 ) -> tuple[Result, int, list[Ping]]:
-    """All facts of the simulated day, how many pings were offered and the accepted pings."""
+    """All facts of the simulated day, how many pings were offered and the accepted pings.
+
+    The earlier days in `sim.history` go first through the same per-device states, as a
+    deployment carries them over the nights; their facts and accepted pings are dropped, their
+    pings count as offered (the topology processed them)."""
     topology = Topology(settings)
     screener = Screener(Validator(settings.validate), privacy=settings.privacy.enabled)
     devices = {d.device_id: DeviceInfo(d.org_id, d.device_id, d.name, d.schedule)
                for d in sim.devices}  # fmt: skip
     states: dict[str, PipelineState] = {}
+    earlier = 0
+    for past in sim.history:
+        earlier += _drive_day(past, ref, settings, topology, screener, devices, states,
+                              Result(), last=False)[0]  # fmt: skip
     out = Result()
+    offered, accepted = _drive_day(sim, ref, settings, topology, screener, devices, states, out)
+    return out, earlier + offered, accepted
+
+
+def _drive_day(
+    sim: Simulation,
+    ref: ReferenceData,
+    settings: ProcessorSettings,
+    topology: Topology,
+    screener: Screener,
+    devices: dict[str, DeviceInfo],
+    states: dict[str, PipelineState],
+    out: Result,
+    last: bool = True,
+) -> tuple[int, list[Ping]]:
+    """One day's uploads in receive order with the timers; facts go to `out`. The `last` day
+    ends with a final tick that closes what is open; an earlier one only lets it time out."""
     offered = 0
     accepted: list[Ping] = []
     hold_ms = int(settings.validate.reorder_hold_ms)
@@ -170,8 +207,9 @@ def drive(
     for _ in range(8):  # the day is over: let silences and stays time out, then close all
         now += 15 * 60_000
         _tick_all(topology, ref, states, devices, now, out)
-    _tick_all(topology, ref, states, devices, now, out, final=True)
-    return out, offered, accepted
+    if last:
+        _tick_all(topology, ref, states, devices, now, out, final=True)
+    return offered, accepted
 
 
 def _tick_all(
@@ -226,6 +264,7 @@ def run_scenario(
         ping_interval_s=scenario.ping_interval_s,
         profiles=scenario.profiles,
         noise_scale=scenario.noise_scale,
+        history_days=scenario.history_days,
     )
     started = time.perf_counter()
     facts, offered, accepted = drive(sim, reference_for(city, sim), settings)

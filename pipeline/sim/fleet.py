@@ -54,7 +54,11 @@ hours); forbidden (spends 15-35 min in the nearest forbidden zone after its seco
 border_loiterer (all day at the nearest office, walking up and down one edge of its fence
 `BORDER_INSET_M` (8-20 m) inside it, pausing 1-8 min at half the spots, with a poor GPS: base
 accuracy `BORDER_LOITERER_ACCURACY_M` (10-30 m) instead of `BASE_ACCURACY_M` (5-9 m); truth is
-one enter and one exit, so any other fence event there is a flap).
+one enter and one exit, so any other fence event there is a flap); replayer (stays home
+while a replay app without the mock flag sends its own honest day of the weekday before,
+every fix to the last digit - position, accuracy, speed, bearing, altitude, provider - with
+times moved by whole days plus 0-5 min (`REPLAY_OFFSET_MS`); seq, battery and app_start are
+today's phone's. That earlier day is simulated whether or not `history_days` asks for it).
 Outages start at a random time between 11:00 and 14:00.
 
 Ground truth (`Simulation.truth`, JSON-ready dicts with "type"):
@@ -75,8 +79,9 @@ Ground truth (`Simulation.truth`, JSON-ready dicts with "type"):
 - `left_post` / `forbidden_visit` {device_id, fence_id, start_ms, end_ms}: time outside the
   workshop / inside a forbidden zone during work hours.
 - `spoof_episode` {device_id, kind, start_ms, end_ms, alerts}: kinds mock_flag,
-  hidden_static, teleport, clock_skew, device_integrity; `alerts` lists the AlertType values
-  a detector may legitimately raise for it.
+  hidden_static, teleport, clock_skew, device_integrity, replayed_track (first to last
+  replayed fix: the whole reported day); `alerts` lists the AlertType values a detector may
+  legitimately raise for it.
 - `contact_loss` {device_id, reason (ContactReason value), cause, start_ms, end_ms}: silences
   of the server's view overlapping work hours by more than 10 min.
 - `mileage` {device_id, km}: true distance driven within work hours.
@@ -88,9 +93,15 @@ Knobs of `simulate`: `reps` (20) devices rep-001...; `day` (default: the last we
 today); `seed` (7) - each device draws from its own stream (seed, device number), so a device's
 day does not depend on the fleet size; `ping_interval_s` (5.0) between recorded fixes;
 `upload_interval_s` (60.0) between uploads; `profiles` (None = `DEFAULT_ROSTER` cycled; a dict
-device id -> profile, devices it leaves out are honest). Model constants (module level):
+device id -> profile, devices it leaves out are honest); `history_days` (0) earlier weekdays
+in `Simulation.history` (oldest first): an honest day of every rep from the same home, each
+from its own stream (seed, device number, days back), so today does not depend on it. Honest
+phones never repeat a moving fix across days; at rest, among thousands of fixes at the same
+home or office, 1 cm coincidences happen (20 positions in 60 rep-day pairs, tuning seeds).
+Model constants (module level):
 NOISE_SIGMA_PER_ACCURACY, NOISE_CORRELATION, MULTIPATH_EVERY_H, MULTIPATH_REPORTED_ACCURACY_M,
-DRIVEWAY_SPEED_MPS, MAX_RECORDS_PER_UPLOAD, CLOCK_SKEW_MS, CONTACT_LOSS_MIN_MS.
+DRIVEWAY_SPEED_MPS, MAX_RECORDS_PER_UPLOAD, CLOCK_SKEW_MS, CONTACT_LOSS_MIN_MS,
+REPLAY_OFFSET_MS.
 
 Cost: 20 reps x one day at 5 s (~150k fixes) take well under a second to generate, plus about
 as long to build the upload dicts; 1,000 reps about 15 s + 25 s and ~1 GB. For large fleets use
@@ -99,6 +110,7 @@ as long to build the upload dicts; 1,000 reps about 15 s + 25 s and ~1 GB. For l
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import heapq
@@ -133,6 +145,7 @@ PROFILES = (
     "left_post",
     "forbidden",
     "border_loiterer",
+    "replayer",
 )
 DEFAULT_ROSTER = (
     "honest",
@@ -168,6 +181,7 @@ DRIVEWAY_SPEED_MPS = 6.0
 MAX_RECORDS_PER_UPLOAD = 1000
 CLOCK_SKEW_MS = 600_000
 CONTACT_LOSS_MIN_MS = 10 * 60_000
+REPLAY_OFFSET_MS = (0, 300_000)  # a replay app shifts by whole days plus up to 5 min
 MIN_STOP_MS = 60_000
 MIN_VISIT_MS = 5 * 60_000
 MIN = 60_000
@@ -204,6 +218,7 @@ _SPOOF_ALERTS = {
     ],
     "teleport": [AlertType.SPOOF_TELEPORT, AlertType.SPOOF_JUMP_BACK],
     "clock_skew": [AlertType.SPOOF_CLOCK_SKEW],
+    "replayed_track": [AlertType.SPOOF_REPLAY],
     "device_integrity": [AlertType.SPOOF_DEVICE_INTEGRITY],
 }
 _FIRST = (
@@ -382,6 +397,7 @@ class _Plan:
     contact_losses: list[dict[str, Any]] = field(default_factory=list)
     clock_offset_ms: int = 0
     battery_cut: tuple[int, int] | None = None  # battery_died: (last fix time, boot time)
+    home: Place | None = None
 
 
 class _DayPlanner:
@@ -417,7 +433,8 @@ class _DayPlanner:
             }
         )
 
-    def plan(self) -> _Plan:
+    def plan(self, home: Place | None = None) -> _Plan:
+        """The day; `home` (an earlier day's plan: same rep, same home) skips drawing one."""
         rng = self.rng
         profile = self.device.profile
         overtime = rng.random() < 0.3 or profile == "left_post"
@@ -427,13 +444,13 @@ class _DayPlanner:
         else:
             app_on = self.at(8) - int(rng.uniform(0, 180_000))
             app_off = self.at(18) + int(rng.uniform(0, 180_000))
-        if profile == "teleporter":  # an outer corner, so a customer 10+ km away exists
+        if home is None and profile == "teleporter":  # an outer corner: a customer 10+ km away
             corner = (4500.0 * rng.choice([-1, 1]), 4500.0 * rng.choice([-1, 1]))
             home = self.city.roadside_place(rng, near=corner, within_m=1500)
-        else:
+        elif home is None:
             home = self.city.roadside_place(rng)
         track = _Track(app_on - 10 * MIN, home.x, home.y)
-        plan = _Plan(track, app_on, app_off)
+        plan = _Plan(track, app_on, app_off, home=home)
         plan.events.append((app_on, "app_start", None))
         self._pos = home
         if profile == "left_post":
@@ -758,6 +775,7 @@ class _DeviceDay:
     # (send_ms, endpoint, ping indexes or state indexes)
     sends: list[tuple[int, str, list[int]]]
     truth: list[dict[str, Any]]
+    home: Place | None = None
 
     def ping_records(self, idx: list[int]) -> list[dict[str, Any]]:
         device_id, provider = self.device.device_id, self.provider
@@ -837,8 +855,9 @@ def _simulate_device(
     ping_ms: int,
     upload_ms: int,
     noise_scale: float = 1.0,
+    home: Place | None = None,
 ) -> _DeviceDay:
-    plan = _DayPlanner(city, device, rng, midnight_ms).plan()
+    plan = _DayPlanner(city, device, rng, midnight_ms).plan(home)
     track = plan.track
     kt = np.asarray(track.t, dtype=np.int64)
     kx = np.asarray(track.x)
@@ -957,9 +976,76 @@ def _simulate_device(
         states=states,
         sends=[],
         truth=[],
+        home=plan.home,
     )
     _plan_uploads(day, plan, rng, upload_ms)
     day.truth = _truth(city, device, plan, day, kt, kx, ky, work_start, work_end, ping_ms)
+    return day
+
+
+def _replay_device(
+    city: City,
+    device: SimDevice,
+    order: int,
+    rng: np.random.Generator,
+    midnight_ms: int,
+    upload_ms: int,
+    recorded: _DeviceDay,
+    days_back: int,
+    home: Place,
+) -> _DeviceDay:
+    """Today's phone of a `replayer`: it reports the fixes of `recorded` (its own honest day
+    `days_back` days earlier) to the last digit, their times moved by whole days plus a small
+    offset, while the rep stays at `home`. Fresh today: seq, battery, app_start."""
+    shift_ms = days_back * 24 * HOUR + int(rng.integers(*REPLAY_OFFSET_MS))
+    t = recorded.true_ms + shift_ms
+    app_on, app_off = int(t[0]), int(t[-1])
+    track = _Track(app_on - 10 * MIN, home.x, home.y)
+    track.stay_until(app_off + 10 * MIN)
+    plan = _Plan(track, app_on, app_off, home=home)
+    plan.stops.append({"kind": "home", "start": app_on, "end": app_off, "x": home.x,
+                       "y": home.y, "customer_id": None, "fence_id": None})  # fmt: skip
+    plan.fakes.append((app_on, app_off, home.x, home.y, "replayed_track"))
+    battery = rng.uniform(70, 100) - rng.uniform(2, 5) * (t - app_on) / HOUR
+    battery = np.round(np.clip(battery, 0, 100)).astype(float)
+    plan.events.append((app_on, "app_start", None))
+    low = np.flatnonzero(battery < 15)
+    if len(low):
+        plan.events.append((int(t[low[0]]), "battery_low", "15"))
+    m = len(t)
+    home_lat, home_lon = city.frame.to_latlon(home.x, home.y)
+    day = _DeviceDay(
+        device=device,
+        order=order,
+        seq=int(rng.integers(1, 50_000)) + np.arange(m, dtype=np.int64),
+        ts=t,
+        true_ms=t,
+        lat=recorded.lat.copy(),
+        lon=recorded.lon.copy(),
+        acc=recorded.acc.copy(),
+        speed=recorded.speed.copy(),
+        bearing=recorded.bearing.copy(),
+        alt=recorded.alt.copy(),
+        battery=battery,
+        is_mock=np.zeros(m, dtype=bool),
+        true_lat=np.full(m, round(home_lat, 7)),
+        true_lon=np.full(m, round(home_lon, 7)),
+        multipath=np.zeros(m, dtype=bool),
+        spoofed=np.ones(m, dtype=bool),
+        provider=recorded.provider,
+        states=[
+            {"device_id": device.device_id, "ts_ms": ts, "kind": kind, "detail": detail}
+            for ts, kind, detail in plan.events
+        ],
+        sends=[],
+        truth=[],
+        home=home,
+    )
+    _plan_uploads(day, plan, rng, upload_ms)
+    kt = np.asarray(track.t, dtype=np.int64)
+    kx, ky = np.asarray(track.x), np.asarray(track.y)
+    work_start, work_end = midnight_ms + 8 * HOUR, midnight_ms + 18 * HOUR
+    day.truth = _truth(city, device, plan, day, kt, kx, ky, work_start, work_end, 0)
     return day
 
 
@@ -1276,12 +1362,21 @@ class Simulation:
     without holding them all (use it for large fleets).
     """
 
-    def __init__(self, city: City, day: dt.date, seed: int, days: list[_DeviceDay]) -> None:
+    def __init__(
+        self,
+        city: City,
+        day: dt.date,
+        seed: int,
+        days: list[_DeviceDay],
+        history: list[Simulation] | None = None,
+    ) -> None:
         self.city = city
         self.day = day
         self.seed = seed
         self.devices = [d.device for d in days]
         self._days = days
+        # Earlier days of the same devices, oldest first (`simulate(history_days=...)`).
+        self.history: list[Simulation] = history or []
         self._uploads: list[Upload] | None = None
         self._truth: list[dict[str, Any]] | None = None
 
@@ -1313,6 +1408,28 @@ class Simulation:
         return sum(len(d.seq) for d in self._days)
 
 
+def _midnight_ms(city: City, date: dt.date) -> int:
+    return int(dt.datetime.combine(date, dt.time(0), ZoneInfo(city.tz)).timestamp() * 1000)
+
+
+def _past_day(
+    city: City,
+    device: SimDevice,
+    order: int,
+    seed: int,
+    back: int,
+    date: dt.date,
+    ping_ms: int,
+    upload_ms: int,
+    noise_scale: float,
+    home: Place,
+) -> _DeviceDay:
+    """`device`'s day `back` weekdays before today, from its own stream (seed, device, back)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, order + 1, 0x51D, back]))
+    return _simulate_device(city, device, order, rng, _midnight_ms(city, date), ping_ms,
+                            upload_ms, noise_scale, home=home)  # fmt: skip
+
+
 def _roster(reps: int, profiles: dict[str, str] | None) -> list[tuple[str, str]]:
     out = []
     for i in range(reps):
@@ -1335,8 +1452,13 @@ def simulate(
     upload_interval_s: float = 60.0,
     profiles: dict[str, str] | None = None,
     noise_scale: float = 1.0,
+    history_days: int = 0,
 ) -> Simulation:
     """Simulate `reps` devices for one work day.
+
+    `history_days` (0) also simulates that many earlier weekdays (`Simulation.history`, oldest
+    first) as honest days of the same reps with the same homes, each from its own random
+    stream (seed, device number, days back); today's days do not depend on it.
 
     `noise_scale` multiplies every phone's accuracy, and so its GPS noise (1.0: typical
     accuracy 5-9 m with bursts to 30 m; 4.0: a 20-36 m phone, e.g. indoors or a cheap GPS).
@@ -1348,25 +1470,37 @@ def simulate(
     """
     if day is None:
         day = default_sim_day(dt.date.today())
-    midnight = dt.datetime.combine(day, dt.time(0), ZoneInfo(city.tz))
-    midnight_ms = int(midnight.timestamp() * 1000)
+    past_dates = [default_sim_day(day)]  # newest first
+    while len(past_dates) < history_days:
+        past_dates.append(default_sim_day(past_dates[-1]))
     schedule = Schedule.parse(f"mon-fri 08:00-18:00 {city.tz}")
-    days = []
+    ping_ms, upload_ms = round(ping_interval_s * 1000), round(upload_interval_s * 1000)
+    days: list[_DeviceDay] = []
+    past_days: list[list[_DeviceDay]] = [[] for _ in range(history_days)]
     for order, (device_id, profile) in enumerate(_roster(reps, profiles)):
         rng = np.random.default_rng(np.random.SeedSequence([seed, order + 1, 0x51D]))
         first, last = _FIRST[order % len(_FIRST)], _LAST[(order * 7 + seed) % len(_LAST)]
         title = "Technician" if profile == "left_post" else "Rep"
         device = SimDevice(device_id, city.org_id, schedule, profile, f"{title} {first} {last}")
-        days.append(
-            _simulate_device(
-                city,
-                device,
-                order,
-                rng,
-                midnight_ms,
-                round(ping_interval_s * 1000),
-                round(upload_interval_s * 1000),
-                noise_scale,
-            )
-        )
-    return Simulation(city, day, seed, days)
+        honest = dataclasses.replace(device, profile="honest")
+        pasts: list[_DeviceDay] = []
+        if profile == "replayer":  # replays its own honest day of the weekday before
+            home = city.roadside_place(rng)
+            pasts.append(_past_day(city, honest, order, seed, 1, past_dates[0], ping_ms,
+                                   upload_ms, noise_scale, home))  # fmt: skip
+            back = (day - past_dates[0]).days
+            today = _replay_device(city, device, order, rng, _midnight_ms(city, day), upload_ms,
+                                   pasts[0], back, home)  # fmt: skip
+        else:
+            today = _simulate_device(city, device, order, rng, _midnight_ms(city, day), ping_ms,
+                                     upload_ms, noise_scale)  # fmt: skip
+            assert today.home is not None
+            home = today.home
+        for back in range(len(pasts) + 1, history_days + 1):
+            pasts.append(_past_day(city, honest, order, seed, back, past_dates[back - 1],
+                                   ping_ms, upload_ms, noise_scale, home))  # fmt: skip
+        days.append(today)
+        for back in range(history_days):
+            past_days[back].append(pasts[back])
+    history = [Simulation(city, past_dates[b], seed, past_days[b]) for b in range(history_days)]
+    return Simulation(city, day, seed, days, history[::-1])
