@@ -9,6 +9,7 @@ fieldtrack customers import FILE     customers from CSV or GeoJSON
 fieldtrack fences import FILE        fences from GeoJSON
 fieldtrack schema                    print the ClickHouse DDL
 fieldtrack docs                      write docs/processors.md (every processor setting)
+fieldtrack dashboards [--check|--sql] Grafana dashboards JSON from pipeline/store/dashboards.py
 fieldtrack bench [--quick]           benchmarks, recorded in bench/results/
 """
 
@@ -433,6 +434,37 @@ def cmd_docs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_dashboards(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+
+    from pipeline.store import dashboards
+
+    if args.sql is not None:  # print panels' SQL for one day, ready for `fieldtrack query`
+        day = dt.date.fromisoformat(args.day) if args.day else dt.date.today()
+        start = dt.datetime.combine(day, dt.time(), dt.UTC)
+        end = start + dt.timedelta(days=1) - dt.timedelta(seconds=1)
+        org = args.org or settings.gateway.default_org
+        try:
+            chosen = [dashboards.panel(args.sql)] if args.sql else dashboards.all_panels()
+        except KeyError as exc:
+            raise SystemExit(f"error: {exc.args[0]}") from exc
+        for p in chosen:
+            sql = dashboards.render_panel_sql(p, start, end, org, database=settings.store.database)
+            print(f"-- {p.key}: {p.title}\n{sql};\n")
+        return 0
+    if args.check:
+        stale = dashboards.stale_dashboards(args.out)
+        if stale:
+            names = ", ".join(stale)
+            err.print(f"[red]stale:[/red] {names} in {args.out}; run `fieldtrack dashboards`")
+            return 1
+        console.print(f"[dim]{args.out} is current[/dim]")
+        return 0
+    for path in dashboards.write_dashboards(args.out):
+        console.print(f"[dim]written {path}[/dim]")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline.bench import BENCHMARKS, run_all
 
@@ -748,6 +780,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sch = sub.add_parser("schema", help="print the ClickHouse DDL")
     sch.set_defaults(func=cmd_schema)
+
+    dash = sub.add_parser(
+        "dashboards", help="write the Grafana dashboards JSON (deploy/grafana/dashboards/)"
+    )
+    dash.add_argument("--out", default="deploy/grafana/dashboards", help="output directory")
+    dash.add_argument("--check", action="store_true", help="exit 1 if the files are stale")
+    dash.add_argument(
+        "--sql", nargs="?", const="", metavar="PANEL",
+        help="print every panel's (or one panel's) SQL with macros filled in for --day, --org",
+    )  # fmt: skip
+    dash.add_argument("--day", help="YYYY-MM-DD (UTC) for --sql (default: today)")
+    dash.add_argument("--org", help="org for --sql (default: gateway.default_org)")
+    dash.set_defaults(func=cmd_dashboards)
     return p
 
 
