@@ -32,8 +32,9 @@ evaluate: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[eval]"
 	$(VENV)/bin/fieldtrack evaluate $(ARGS)
 
-# make bench: benchmarks 1-3 and 6 of issue 7 (tables printed, JSON appended to
-# bench/results/); the trackintel baseline needs the [eval] extra. make bench-quick: ~2 min.
+# make bench: benchmarks 1-6 of issue 7 (tables printed, JSON appended to bench/results/);
+# the trackintel baseline needs the [eval] extra, the Kafka one starts the local broker
+# (kafka-up) unless it runs. make bench-quick: ~3 min.
 bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[eval]"
 	$(VENV)/bin/fieldtrack bench $(ARGS)

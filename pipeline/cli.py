@@ -764,12 +764,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     bench = sub.add_parser(
-        "bench", help="benchmarks: processor core, fence scaling, state scaling, store"
+        "bench", help="benchmarks: processor core, fences, state, store, gateway, kafka"
     )
-    bench.add_argument("--quick", action="store_true", help="smaller sizes (about 2 minutes)")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes (about 3 minutes)")
     bench.add_argument(
         "--only", action="extend", nargs="+", metavar="NAME",
-        help="only these benchmarks (core, fences, state, store)",
+        help="only these benchmarks (core, fences, state, store, gateway, kafka)",
     )  # fmt: skip
     bench.add_argument("--results", default="bench/results", help="directory of the JSONL records")
     bench.set_defaults(func=cmd_bench)

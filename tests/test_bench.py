@@ -8,6 +8,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +150,55 @@ def test_store(tmp_path: Path, chdb_dir: Path) -> None:
     for q in res["queries"]:
         assert 0 < q["min_ms"] <= q["median_ms"] <= q["max_ms"]
     assert "Query latency" in printed
+
+
+def test_gateway(tmp_path: Path) -> None:
+    # Servers and the load generator are child processes: this process opens no chDB.
+    record, printed = _run("gateway", tmp_path)
+    res = record["results"]
+    runs = {r["run"].split(" (")[0].split(",")[0]: r for r in res["runs"]}
+    assert [r["run"] for r in res["runs"]][:2] == [
+        "bare aiohttp + json.loads (baseline)",
+        "gateway alone (null sink)",
+    ]
+    for r in res["runs"]:
+        assert r["ok_requests"] > 0 and r["pings_per_s"] > 0
+        assert r["request_ms_p50"] <= r["request_ms_p99"]
+        assert r["server_cpu_s"] > 0
+    embedded = [r for r in res["runs"] if r["run"].startswith("embedded")]
+    assert len(embedded) == 2 and "embedded" in runs
+    for r in embedded:
+        assert r["not_visible"] == 0  # every accepted request's track points were stored
+        assert 0 < r["visible_ms_p50"] <= r["visible_ms_p99"]
+    assert record["baselines"]["bare_aiohttp_pings_per_core"] > 0
+    assert math.isclose(
+        record["ratios"]["gateway_alone_vs_bare_per_cpu_s"],
+        res["gateway_alone_pings_per_core"] / record["baselines"]["bare_aiohttp_pings_per_core"],
+    )
+    assert [t["unit"] for t in record["targets"]] == ["pings/s"]
+    assert 0 < len(record["profile"]) <= 15
+    assert "visible in chDB" in printed
+
+
+def test_kafka(tmp_path: Path) -> None:
+    # Like tests/test_kafka.py: under CI=true a broker that cannot run fails the test; on a
+    # developer machine without Java or Maven it is skipped with the reason.
+    from pipeline.broker import java_available
+
+    missing = java_available()
+    if missing is not None and os.environ.get("CI") != "true":
+        pytest.skip(f"the Kafka benchmark needs Java 17 and Maven to run the broker: {missing}")
+    record, printed = _run("kafka", tmp_path)
+    res = record["results"]
+    assert "skipped" not in res
+    passthrough = record["baselines"]["passthrough"]
+    assert [c["processes"] for c in passthrough] == list(record["params"]["workers"])
+    for c in [*passthrough, *res["capacity"]]:
+        assert c["complete"] and c["pings_per_s"] > 0
+        assert c["outputs"] == c["batches"]
+    for s in res["sustained"]:
+        assert s["accepted_pings_per_s"] > 0
+        assert s["probe_alerts"] == s["probes_sent"] > 0  # every probe's alert arrived
+        assert 0 < s["alert_ms_p50"] <= s["alert_ms_p99"]
+    assert "worker1_vs_passthrough1" in record["ratios"]
+    assert "Sustained" in printed

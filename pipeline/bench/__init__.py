@@ -3,8 +3,10 @@
 Each benchmark is a module here exporting `NAME`, `TITLE`, `SIZES` ({"full", "quick", "tiny"}
 -> its frozen `Params` dataclass) and `run(params, steps) -> BenchResult`; it prints its
 tables and the harness appends one JSON record per run to `bench/results/<name>.jsonl`. To
-add one (the HTTP gateway and Kafka end-to-end benchmarks come next), write the module and
-add it to `BENCHMARKS`: the CLI, `--only` and the tests pick it up from there.
+add one write the module and
+add it to `BENCHMARKS`: the CLI, `--only` and the tests pick it up from there. The gateway and
+Kafka benchmarks run their servers, workers and load generator as child processes
+(`pipeline.bench.procs`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ BENCHMARKS: dict[str, str] = {
     "fences": "pipeline.bench.fences",
     "state": "pipeline.bench.state",
     "store": "pipeline.bench.store",
+    "gateway": "pipeline.bench.gateway",
+    "kafka": "pipeline.bench.kafka",
 }
 
 
