@@ -530,3 +530,23 @@ def test_state_round_trip_mid_episode_gives_identical_outputs() -> None:
     ]
     assert len(straight.alerts) == 3
     assert resumed.state.to_dict() == straight.state.to_dict()
+
+
+def test_state_json_leaves_out_times_that_repeat_and_restores_them() -> None:
+    h = Harness()
+    assert h.state.to_dict() == {}
+    h.pings(T0, [ping(T0 - 2 * S)])  # battery read with the fix; silence from the receipt
+    data = h.state.to_dict()
+    assert "silence" not in data and "bat_ms" not in data
+    assert len(json.dumps(data, separators=(",", ":"))) < 120
+    restored = ContactState.from_dict(json.loads(json.dumps(data)))
+    assert restored == h.state
+    assert restored.silence_from_ms == T0 and restored.last_battery_ms == T0 - 2 * S
+    # A newer fix that arrives older than usual moves the silence start back, and a battery
+    # level from a state after the last fix has its own time: both are then written.
+    h.pings(T0 + 60 * S, [ping(T0 + 10 * S, battery=None)])
+    h.states(T0 + 61 * S, dstate("battery_low", T0 + 50 * S, "4%"))
+    data = h.state.to_dict()
+    assert h.state.silence_from_ms != h.state.last_rx_ms and "silence" in data
+    assert h.state.last_battery_ms != h.state.last_fix_ms and "bat_ms" in data
+    assert ContactState.from_dict(json.loads(json.dumps(data))) == h.state

@@ -254,6 +254,40 @@ def test_state_round_trip_mid_track_gives_identical_outputs() -> None:
     assert len(json.dumps(state.to_dict())) < 1200
 
 
+def test_state_json_is_compact() -> None:
+    """Short names, no defaults, no dead candidate or stationary fields, no mileage point
+    while it is the estimate; the restored state is the same state."""
+    truth = [(0.0, 0.0)] * 40 + [(60.0 * (i + 1), 0.0) for i in range(40)]
+    pings = make_pings(truth, 5.0, 15.0, seed=14)
+    lat, lon = FRAME.to_latlon(0.0, 900.0)
+    pings[30] = Ping("org", "dev", 30, pings[30].ts_ms, lat, lon, 15.0)  # one rejected spike
+    smoother = Smoother()
+    state = smoother.initial_state()
+    assert state.to_dict() == {}
+    smoother.process(state, pings[:31], CTX, Result())
+    assert state.cand_count == 1 and "cn" in state.to_dict()  # a candidate run is kept
+    smoother.process(state, pings[31:], CTX, Result())
+    data = state.to_dict()
+    assert state.moving and state.cand_count == 0
+    assert not {"c_lat", "cn", "sc", "aw", "ox", "oy", "ot", "p"} & set(data)
+    assert len(json.dumps(data, separators=(",", ":"))) < 420
+    restored = SmoothState.from_dict(json.loads(json.dumps(data)))
+    assert restored == state
+
+
+def test_state_saved_with_the_full_covariance_still_restores() -> None:
+    smoother = Smoother()
+    state = smoother.initial_state()
+    pings = make_pings(straight(20, 10.0, 5.0), 5.0, 8.0, seed=3)
+    smoother.process(state, pings, CTX, Result())
+    old = {f: getattr(state, f) for f in ("origin_lat", "origin_lon", "x", "filter_ts_ms")}
+    a, b, c = state.var_pos, state.cov_pos_vel, state.var_vel
+    old["p"] = [a, 0.0, b, 0.0, 0.0, a, 0.0, b, b, 0.0, c, 0.0, 0.0, b, 0.0, c]
+    restored = SmoothState.from_dict(json.loads(json.dumps(old)))
+    assert (restored.var_pos, restored.cov_pos_vel, restored.var_vel) == (a, b, c)
+    assert restored.x == state.x and restored.filter_ts_ms == state.filter_ts_ms
+
+
 def test_late_point_is_pure_and_flagged() -> None:
     smoother = Smoother()
     ping = Ping("org", "dev", 7, 1_700_000_000_000, 48.1, 11.5, 12.0, speed_mps=3.0, is_mock=True)

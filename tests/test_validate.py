@@ -128,6 +128,27 @@ def test_fast_path_agrees_with_detailed_check() -> None:
         assert (v.check(p, NOW) is None) == (v._reason(p, NOW) is None), p
 
 
+def test_batch_fast_path_rejects_exactly_what_check_rejects() -> None:
+    """`process` inlines the fast path with the batch's ids: same verdicts as `check`."""
+    v = validator()
+    rnd = random.Random(5)
+    weird = [None, math.nan, math.inf, -1.0, 0.0, 45.0, 400.0, "x"]
+    for _ in range(1500):
+        p = ping(
+            rnd.choice([0, 1, -1]),
+            rnd.choice([NOW - 5, NOW + 400_000, NOW - 100 * 86_400_000]),
+            lat=rnd.choice([52.5, 0.0, *weird[1:]]),
+            lon=rnd.choice([13.4, 0.0, -181.0]),
+            speed_mps=rnd.choice(weird),
+            battery_pct=rnd.choice(weird),
+            provider=rnd.choice(["gps", "gsm"]),
+        )
+        p.device_id = rnd.choice([DEV, DEV, "rep-2", "", 7])  # type: ignore[assignment]
+        _, _, out = run(v, v.initial_state(), [p], NOW)
+        valid = v.check(p, NOW) is None and p.device_id == DEV
+        assert out.counters["rejected"] == (0 if valid else 1), p
+
+
 def test_check_state() -> None:
     v = validator()
     assert v.check_state(DeviceState(ORG, DEV, NOW, "gps_off"), NOW) is None
@@ -467,6 +488,18 @@ def test_state_round_trip_mid_buffer_gives_identical_outputs() -> None:
 
     plain = replay(False)
     assert plain == replay(True)
+    # The dict form: short names, defaults left out, the gaps a JSON list (an array in memory).
+    state = v.initial_state()
+    for kind, pings, now in steps:
+        if kind == "process":
+            run(v, state, pings, now)
+        else:
+            v.release(state, ctx(now))
+    data = state.to_dict()
+    assert set(data) == {"ts", "seq", "run_ts", "run_seq", "gaps", "late"}  # nothing held
+    assert type(data["gaps"]) is list and data["gaps"] == list(state.recent_gaps)
+    restored = ValidateState.from_dict(json.loads(json.dumps(data)))
+    assert restored == state and restored.to_dict() == data
     assert any(r[0] == [] for r in plain[:3])  # something really was held mid-stream
     released = [s for r in plain for s in r[0]]
     assert released == sorted(released) and len(released) == len(set(released))

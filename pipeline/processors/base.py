@@ -68,12 +68,62 @@ class SerialisableState:
     Fields must hold only primitives, lists, dicts and None, so the state can live in a Faust
     table or a snapshot file. Keep it bounded: ring buffers (lists trimmed to a maximum), not
     growing histories.
+
+    The dict form is compact, because every device's state is written per batch (Faust
+    changelog) or per snapshot: a field still at its default is left out (`from_dict` restores
+    the default), and a class may name its fields shorter in JSON with `_json_names`
+    (field -> key). Lists and dicts are copied, so the dict never aliases the live state.
     """
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload,no-any-return]
+        data: dict[str, Any] = {}
+        for name, key, default in _schema(type(self))[0]:
+            value = getattr(self, name)
+            if value is default or (type(value) is type(default) and value == default):
+                continue  # type-strict: 0 is not left out for a field whose default is 0.0
+            kind = type(value)
+            data[key] = _plain(value) if kind is list or kind is dict or kind is tuple else value
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in names})
+        names = _schema(cls)[1]
+        return cls(**{names[k]: v for k, v in data.items() if k in names})
+
+
+# Per state class: ((field, JSON key, default), ...) and {JSON key or field name: field}.
+_SCHEMAS: dict[type, tuple[tuple[tuple[str, str, Any], ...], dict[str, str]]] = {}
+_NO_DEFAULT = object()  # a required field: always written
+
+
+def _schema(cls: type) -> tuple[tuple[tuple[str, str, Any], ...], dict[str, str]]:
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        aliases: dict[str, str] = getattr(cls, "_json_names", {})
+        fields = []
+        names = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()  # compared with, never handed out
+            else:
+                default = _NO_DEFAULT
+            key = aliases.get(f.name, f.name)
+            fields.append((f.name, key, default))
+            names[f.name] = names[key] = f.name  # the long name is read too (older states)
+        schema = _SCHEMAS[cls] = (tuple(fields), names)
+    return schema
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy of nested lists, tuples (as lists) and dicts; other values as they are."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return [_plain(v) if type(v) in _CONTAINERS else v for v in value]
+    if kind is dict:
+        return {k: _plain(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+    return value
+
+
+_CONTAINERS = frozenset({list, tuple, dict})

@@ -106,7 +106,7 @@ from __future__ import annotations
 
 from bisect import insort
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from pipeline.events import (
     Alert,
@@ -140,7 +140,33 @@ class ContactParams:
 
 @dataclass(slots=True)
 class ContactState(SerialisableState):
-    """Per-device contact state; a few dozen numbers, bounded by `max_recent_states`."""
+    """Per-device contact state; a few dozen numbers, bounded by `max_recent_states`.
+
+    JSON: short names (`_json_names`), fields at their defaults left out, and the two times
+    that usually repeat another one left out when they do (`silence_from_ms` equal to
+    `last_rx_ms`, `last_battery_ms` equal to `last_fix_ms`): about 180 B between episodes.
+    """
+
+    _json_names: ClassVar[dict[str, str]] = {
+        "last_rx_ms": "rx",
+        "silence_from_ms": "silence",
+        "fix_lag_ms": "lag",
+        "last_fix_ms": "fix",
+        "last_lat": "lat",
+        "last_lon": "lon",
+        "last_battery_pct": "bat",
+        "last_battery_ms": "bat_ms",
+        "recent_states": "states",
+        "episode_id": "ep",
+        "episode_start_ms": "ep_start",
+        "episode_rx_ms": "ep_rx",
+        "episode_opened_ms": "ep_opened",
+        "alert_reason": "ep_alerted",
+        "episode_reason": "ep_reason",
+        "prev_episode_start_ms": "prev_ep_start",
+        "settled_rx_ms": "settled",
+        "pending_restore": "restore",
+    }
 
     last_rx_ms: int | None = None  # processing time the newest ping was received
     # Processing time the silence is measured from: last_rx_ms, minus how much older than
@@ -171,6 +197,29 @@ class ContactState(SerialisableState):
     # backlog and every state received up to then have been seen.
     pending_restore: list[float] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        data = SerialisableState.to_dict(self)
+        # Left out when equal to the time they usually repeat; both are set with it, so a
+        # missing one with that time present means "the same" (see `from_dict`).
+        if self.silence_from_ms is not None and self.silence_from_ms == self.last_rx_ms:
+            del data["silence"]
+        if self.last_battery_ms is not None and self.last_battery_ms == self.last_fix_ms:
+            del data["bat_ms"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        state = super(ContactState, cls).from_dict(data)
+        if state.silence_from_ms is None and "silence_from_ms" not in data:
+            state.silence_from_ms = state.last_rx_ms
+        if state.last_battery_ms is None and state.last_battery_pct is not None:
+            state.last_battery_ms = state.last_fix_ms
+        if state.recent_states:
+            # One shared string per kind, not one per state entry read from JSON.
+            for entry in state.recent_states:
+                entry[1] = _KIND_NAMES.get(entry[1], entry[1])
+        return state
+
 
 _POWERED_OFF = ContactReason.POWERED_OFF.value
 _APP_KILLED = ContactReason.APP_KILLED.value
@@ -200,6 +249,7 @@ _RECOVERY_KINDS: dict[str, str] = {
 }
 _BATTERY_LOW = "battery_low"
 _KEPT_KINDS = frozenset({*_CAUSE_KINDS, *_RECOVERY_KINDS, _BATTERY_LOW})
+_KIND_NAMES = {kind: kind for kind in _KEPT_KINDS}
 # Causal chain: the lowest broken link explains the silence.
 _RANK = {
     _POWERED_OFF: 0,

@@ -120,6 +120,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
 
 from pipeline.events import Ping, TrackFlag, TrackPoint
 from pipeline.geo import M_PER_DEG_LAT, haversine_m
@@ -176,26 +177,57 @@ class SmoothParams:
     max_path_ratio: float = 1.6
 
 
-def _zeros16() -> list[float]:
-    return [0.0] * 16
-
-
 @dataclass(slots=True)
 class SmoothState(SerialisableState):
-    """Per-device filter state (about 40 numbers).
+    """Per-device filter state (about 30 numbers).
 
     `x` is [east, north, v_east, v_north] in metres and m/s in the frame around
-    (`origin_lat`, `origin_lon`); `p` is its 4x4 covariance, row-major. `filter_ts_ms` 0 means
-    the filter has not started. `odo_x`/`odo_y` is where mileage was last counted to: the end
-    of the last chord while moving, the place the device stands (a weighted mean of its fixes,
-    weight `anchor_w`) while stationary. `surprise` is the running mean normalised innovation.
-    `cand_*` is the newest rejected fix of the current run of consistent rejections.
+    (`origin_lat`, `origin_lon`). Its 4x4 covariance has only three distinct entries (east and
+    north are independent and alike): `var_pos` (each position's variance), `cov_pos_vel`
+    (each position with its own velocity) and `var_vel`. `filter_ts_ms` 0 means the filter has
+    not started. `odo_x`/`odo_y` is where mileage was last counted to: the end of the last
+    chord while moving, the place the device stands (a weighted mean of its fixes, weight
+    `anchor_w`) while stationary. `surprise` is the running mean normalised innovation.
+    `cand_*` is the newest rejected fix of the current run of consistent rejections (all at
+    their defaults when there is no run); `start_count` and `anchor_w` are 0 while moving.
+    In JSON the fields have short names (`_json_names`), fields at their defaults are left
+    out, and so is the mileage point while it is the estimate: 350-420 B.
     """
+
+    _json_names: ClassVar[dict[str, str]] = {
+        "origin_lat": "o_lat",
+        "origin_lon": "o_lon",
+        "var_pos": "pp",
+        "cov_pos_vel": "pv",
+        "var_vel": "vv",
+        "filter_ts_ms": "t",
+        "fix_lat": "f_lat",
+        "fix_lon": "f_lon",
+        "fix_acc_m": "f_acc",
+        "moving": "mv",
+        "heading_deg": "hd",
+        "odo_x": "ox",
+        "odo_y": "oy",
+        "odo_ts_ms": "ot",
+        "cand_lat": "c_lat",
+        "cand_lon": "c_lon",
+        "cand_acc_m": "c_acc",
+        "cand_ts_ms": "ct",
+        "cand_count": "cn",
+        "cand_reachable": "cr",
+        "surprise": "su",
+        "anchor_w": "aw",
+        "start_count": "sc",
+        "path_m": "pm",
+        "last_speed_mps": "ls",
+    }
 
     origin_lat: float = 0.0
     origin_lon: float = 0.0
     x: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
-    p: list[float] = field(default_factory=_zeros16)
+    var_pos: float = 0.0
+    cov_pos_vel: float = 0.0
+    var_vel: float = 0.0
     filter_ts_ms: int = 0
     # Last accepted raw fix (for the speed gate and gap bridging).
     fix_lat: float = 0.0
@@ -220,13 +252,52 @@ class SmoothState(SerialisableState):
     path_m: float = 0.0
     last_speed_mps: float = -1.0
 
+    def to_dict(self) -> dict[str, Any]:
+        data = SerialisableState.to_dict(self)
+        # While driving the mileage point is the estimate, counted at this fix: left out when
+        # it is (and written even at its default when it is not; see `from_dict`).
+        x = self.x
+        if self.odo_x == x[0] and self.odo_y == x[1]:
+            data.pop("ox", None)
+            data.pop("oy", None)
+        else:
+            data["ox"] = self.odo_x
+            data["oy"] = self.odo_y
+        if self.odo_ts_ms == self.filter_ts_ms:
+            data.pop("ot", None)
+        else:
+            data["ot"] = self.odo_ts_ms
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        state = super(SmoothState, cls).from_dict(data)
+        if "ox" not in data and "odo_x" not in data:
+            state.odo_x, state.odo_y = state.x[0], state.x[1]
+        if "ot" not in data and "odo_ts_ms" not in data:
+            state.odo_ts_ms = state.filter_ts_ms
+        p = data.get("p")
+        if p is not None and len(p) == 16:  # a state saved with the full 4x4 covariance
+            state.var_pos, state.cov_pos_vel, state.var_vel = p[0], p[2], p[10]
+        return state
+
 
 class Smoother:
     """Kalman smoothing, outlier gating, moving flag and mileage per device."""
 
     def __init__(self, params: SmoothParams | None = None) -> None:
-        self.params = params or SmoothParams()
-        self._slow2 = self.params.moving_speed_mps * self.params.moving_speed_mps
+        self.params = prm = params or SmoothParams()
+        self._slow2 = prm.moving_speed_mps * prm.moving_speed_mps
+        # Per-ping constants, derived once (the parameters do not change after construction).
+        self._q = prm.process_noise * prm.process_noise
+        self._qm = prm.manoeuvre_noise * prm.manoeuvre_noise
+        self._rv = prm.reported_speed_sigma_mps * prm.reported_speed_sigma_mps
+        self._gmin2 = prm.gate_min_distance_m * prm.gate_min_distance_m
+        self._reach_accel = 0.25 * prm.gate_accel_mps2
+        self._recentre2 = prm.recentre_m * prm.recentre_m
+        self._min_step2 = prm.min_step_m * prm.min_step_m
+        self._move_radius2 = prm.move_radius_m * prm.move_radius_m
+        self._stop_after_ms = prm.stop_after_s * 1000
 
     def initial_state(self) -> SmoothState:
         return SmoothState()
@@ -274,34 +345,57 @@ class Smoother:
     def _one(self, s: SmoothState, ping: Ping) -> TrackPoint:
         prm = self.params
         base_flags = _MOCK if ping.is_mock else 0
-        acc = ping.accuracy_m if ping.accuracy_m > prm.accuracy_floor_m else prm.accuracy_floor_m
+        raw_acc = ping.accuracy_m
+        acc = raw_acc if raw_acc > prm.accuracy_floor_m else prm.accuracy_floor_m
 
-        if ping.accuracy_m > prm.max_accuracy_m:
+        if raw_acc > prm.max_accuracy_m:
             return self._outlier(s, ping, base_flags | _LOW_ACCURACY)
 
         if s.filter_ts_ms == 0:
             self._restart(s, ping, acc)
             return self._emit(s, ping, base_flags, 0.0)
 
-        gap_s = (ping.ts_ms - s.filter_ts_ms) / 1000.0
+        ts = ping.ts_ms
+        gap_s = (ts - s.filter_ts_ms) / 1000.0
         if gap_s > prm.restart_gap_s:
             return self._after_gap(s, ping, acc, gap_s, base_flags)
 
-        # Speed gate against the last accepted raw fix, each accuracy given as slack.
-        dist_fix = haversine_m(s.fix_lat, s.fix_lon, ping.lat, ping.lon)
+        lat = ping.lat
+        lon = ping.lon
+        origin_lat = s.origin_lat
+        mlon = M_PER_DEG_LAT * math.cos(origin_lat * _DEG)
+        # Speed gate against the last accepted raw fix, each accuracy given as slack. The flat
+        # distance in the frame is within 5 % of the great circle here (both fixes within 0.5
+        # degrees of latitude of the origin, below 80 degrees): far inside the limit, the
+        # haversine is not needed (it is most of a ping's trigonometry).
+        fix_lat = s.fix_lat
         slack = acc + s.fix_acc_m
-        reachable = dist_fix - slack <= prm.max_speed_mps * max(gap_s, 1.0)
+        limit = prm.max_speed_mps * (gap_s if gap_s > 1.0 else 1.0)
+        fx = (lon - s.fix_lon) * mlon
+        fy = (lat - fix_lat) * M_PER_DEG_LAT
+        far = 0.9 * (limit + slack)
+        dist_fix = -1.0  # not computed yet
+        if (
+            fx * fx + fy * fy <= far * far
+            and -80.0 < origin_lat < 80.0
+            and -0.3 < fix_lat - origin_lat < 0.3
+        ):
+            reachable = True
+        else:
+            dist_fix = haversine_m(fix_lat, s.fix_lon, lat, lon)
+            reachable = dist_fix - slack <= limit
 
         # Predict to the fix time (committed only if the fix is accepted). Continuous white-noise
         # acceleration: given the velocity at both ends, the position between is uncertain by
         # q*dt^3/12 (the path may bend), which is what makes 60 s fixes barely smoothable.
-        mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
-        zx = (ping.lon - s.origin_lon) * mlon
-        zy = (ping.lat - s.origin_lat) * M_PER_DEG_LAT
+        zx = (lon - s.origin_lon) * mlon
+        zy = (lat - origin_lat) * M_PER_DEG_LAT
         x = s.x
-        p = s.p
+        x0, x1, x2, x3 = x
         dt = gap_s if gap_s > 0.0 else 0.0
-        a0, b0, c0 = p[0], p[2], p[10]
+        a0 = s.var_pos
+        b0 = s.cov_pos_vel
+        c0 = s.var_vel
         dt2 = dt * dt
         a_pred = a0 + 2.0 * dt * b0 + dt2 * c0
         b_pred = b0 + dt * c0
@@ -309,36 +403,52 @@ class Smoother:
         # The phone's own velocity at the fix (Doppler: unaffected by multipath, good when
         # moving, ~0 when still); NaN when it did not say.
         hx = hy = math.nan
-        if prm.fuse_reported_velocity and ping.speed_mps is not None:
-            speed = ping.speed_mps
-            if ping.bearing_deg is not None:
-                hx = speed * math.sin(ping.bearing_deg * _DEG)
-                hy = speed * math.cos(ping.bearing_deg * _DEG)
-            elif speed <= _STILL_REPORTED_MPS:
+        reported = ping.speed_mps
+        if reported is not None and prm.fuse_reported_velocity:
+            bearing = ping.bearing_deg
+            if bearing is not None:
+                hx = reported * math.sin(bearing * _DEG)
+                hy = reported * math.cos(bearing * _DEG)
+            elif reported <= _STILL_REPORTED_MPS:
                 hx = hy = 0.0
-        rv = prm.reported_speed_sigma_mps * prm.reported_speed_sigma_mps
-        # Steady motion first; the manoeuvre noise only if this fix would be a spike with it,
-        # or recent fixes keep surprising the filter.
-        q = prm.process_noise * prm.process_noise
-        qm = prm.manoeuvre_noise * prm.manoeuvre_noise
-        steady = self._predict(x, dt, a_pred, b_pred, c0, q, hx, hy, rv)
-        ex, ey, vx, vy, a, b, c, fused = steady
+        rv = self._rv
+        # Steady motion first (`_predict` with the process noise, inlined: it is every
+        # ping's path); the manoeuvre noise only if this fix would be a spike with it, or
+        # recent fixes keep surprising the filter.
+        q = self._q
+        a = a_pred + q * dt * dt * dt / 3.0
+        b = b_pred + q * dt * dt * 0.5
+        c = c0 + q * dt
+        ex = x0 + x2 * dt
+        ey = x1 + x3 * dt
+        vx, vy = x2, x3
+        fused = False
+        if hx == hx:  # not NaN
+            svv = c + rv
+            jx = hx - vx
+            jy = hy - vy
+            dv = _MAX_ACCEL_MPS2 * dt
+            if jx * jx + jy * jy <= _VELOCITY_GATE * svv + dv * dv:
+                ga = b / svv
+                gb = c / svv
+                ex, ey, vx, vy = ex + ga * jx, ey + ga * jy, vx + gb * jx, vy + gb * jy
+                a, b, c = a - ga * b, b - ga * c, c - gb * c
+                fused = True
         ix = zx - ex
         iy = zy - ey
         innov2 = ix * ix + iy * iy
-        gmin = prm.gate_min_distance_m
         spike = False
-        if innov2 > prm.innovation_gate * (a + r) and innov2 > gmin * gmin:
+        if innov2 > prm.innovation_gate * (a + r) and innov2 > self._gmin2:
             # Far even from the steady prediction: is it far allowing for a manoeuvre too?
             if fused:
                 # The phone said how fast it went at both ends: between them the path may bend
                 # by a fraction of the distance it could cover, but a device standing still
                 # at both ends (most of a rep's day) has not driven off 100 m and back.
                 v_now = math.hypot(hx, hy)
-                v_then = math.hypot(x[2], x[3])
+                v_then = math.hypot(x2, x3)
                 reach = dt * (
                     prm.gate_path_fraction * (v_now if v_now > v_then else v_then)
-                    + 0.25 * prm.gate_accel_mps2 * dt
+                    + self._reach_accel * dt
                 )
                 bound = reach + math.sqrt(prm.innovation_gate * (a + r))
                 spike = innov2 > bound * bound
@@ -346,17 +456,20 @@ class Smoother:
                 # Without a reported velocity: allow a manoeuvre's constant acceleration over
                 # the whole interval; a sudden stop is near the last fix, so a fix near the
                 # last one is never a spike.
-                jx = zx - x[0] - x[2] * dt
-                jy = zy - x[1] - x[3] * dt
-                a_m = a_pred + qm * dt2 * dt2 * 0.25
-                spike = jx * jx + jy * jy > prm.innovation_gate * (a_m + r) and dist_fix > gmin
+                jx = zx - x0 - x2 * dt
+                jy = zy - x1 - x3 * dt
+                a_m = a_pred + self._qm * dt2 * dt2 * 0.25
+                if jx * jx + jy * jy > prm.innovation_gate * (a_m + r):
+                    if dist_fix < 0.0:
+                        dist_fix = haversine_m(fix_lat, s.fix_lon, lat, lon)
+                    spike = dist_fix > prm.gate_min_distance_m
         if not reachable or spike:
             return self._rejected(s, ping, acc, base_flags, reachable, ex, ey, mlon)
         surprise = s.surprise + _SURPRISE_RATE * (innov2 / (a + r) - s.surprise)
         s.surprise = surprise if surprise < _SURPRISE_CAP else _SURPRISE_CAP
         if surprise > prm.manoeuvre_gate:
             ex, ey, vx, vy, a, b, c, fused = self._predict(
-                x, dt, a_pred, b_pred, c0, qm, hx, hy, rv
+                x, dt, a_pred, b_pred, c0, self._qm, hx, hy, rv
             )
             ix = zx - ex
             iy = zy - ey
@@ -368,18 +481,19 @@ class Smoother:
         vy += kb * iy
         ex += ka * ix
         ey += ka * iy
-        a, b, c = a * r / sv, b * r / sv, c - kb * b
         x[0], x[1], x[2], x[3] = ex, ey, vx, vy
-        p[0] = p[5] = a
-        p[2] = p[8] = p[7] = p[13] = b
-        p[10] = p[15] = c
-        s.filter_ts_ms = ping.ts_ms
-        s.fix_lat, s.fix_lon, s.fix_acc_m = ping.lat, ping.lon, acc
-        s.cand_count = 0
-        step = self._mileage(s, zx, zy, acc, ping.ts_ms, ping.speed_mps, dt)
-        if ex * ex + ey * ey > prm.recentre_m * prm.recentre_m:
+        s.var_pos = a * r / sv
+        s.cov_pos_vel = b * r / sv
+        s.var_vel = c - kb * b
+        s.filter_ts_ms = ts
+        s.fix_lat, s.fix_lon, s.fix_acc_m = lat, lon, acc
+        if s.cand_count:
+            _forget_candidate(s)
+        step = self._mileage(s, zx, zy, acc, ts, reported, dt)
+        if ex * ex + ey * ey > self._recentre2:
             self._recentre(s, mlon)
-        return self._emit(s, ping, base_flags, step)
+            mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
+        return self._emit(s, ping, base_flags, step, mlon)
 
     @staticmethod
     def _predict(
@@ -449,26 +563,26 @@ class Smoother:
             s.heading_deg = math.atan2(x[2], x[3]) / _DEG % 360.0
             s.path_m += interval_m
             # Count in chords longer than the estimate's own wobble, so jitter adds nothing.
-            chord2 = 4.0 * s.p[0]
-            if chord2 < prm.min_step_m * prm.min_step_m:
-                chord2 = prm.min_step_m * prm.min_step_m
+            chord2 = 4.0 * s.var_pos
+            if chord2 < self._min_step2:
+                chord2 = self._min_step2
             step = 0.0
             stopping = speed < prm.stopped_speed_mps
             if d2 >= chord2 or stopping:
                 step = self._counted(s.path_m, math.sqrt(d2), at_least_chord=False)
                 s.odo_x, s.odo_y, s.odo_ts_ms = x[0], x[1], ts_ms
                 s.path_m = 0.0
-            if stopping or ts_ms - s.odo_ts_ms > prm.stop_after_s * 1000:
+            if stopping or ts_ms - s.odo_ts_ms > self._stop_after_ms:
                 # Stopped: the stop starts at the estimate, weighted by the filter's certainty.
                 s.moving = False
                 s.odo_x, s.odo_y = x[0], x[1]
-                s.anchor_w = 1.0 / s.p[0]
+                s.anchor_w = 1.0 / s.var_pos
                 s.start_count = 0
                 s.path_m = 0.0
             return step
         # Stationary: start only when fast AND clearly away from the stop, twice in a row.
-        spread = 9.0 * (1.0 / s.anchor_w + s.p[0])
-        radius2 = prm.move_radius_m * prm.move_radius_m
+        spread = 9.0 * (1.0 / s.anchor_w + s.var_pos)
+        radius2 = self._move_radius2
         if spread > radius2:
             radius2 = spread
         # The path of a departure is integrated from its first fast fix, before it is confirmed.
@@ -484,6 +598,9 @@ class Smoother:
                 step = self._counted(s.path_m, math.sqrt(d2), at_least_chord=True)
                 s.odo_x, s.odo_y, s.odo_ts_ms = x[0], x[1], ts_ms
                 s.path_m = 0.0
+                # Unused while moving (the stop sets them afresh): defaults are not stored.
+                s.start_count = 0
+                s.anchor_w = 0.0
                 return step  # from where it stood: the start is not lost
             return 0.0
         s.start_count = 0
@@ -508,9 +625,14 @@ class Smoother:
             return chord_m
         return path_m
 
-    def _emit(self, s: SmoothState, ping: Ping, flags: int, step: float) -> TrackPoint:
+    def _emit(
+        self, s: SmoothState, ping: Ping, flags: int, step: float, mlon: float = 0.0
+    ) -> TrackPoint:
+        """The point of an accepted fix; `mlon`: metres per degree of longitude in the frame
+        (computed when not given)."""
         x = s.x
-        mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
+        if not mlon:
+            mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
         speed = math.hypot(x[2], x[3]) if s.moving else 0.0
         # A device standing still is where it stands: the average of its fixes (unless it
         # may be leaving, when the filter is the better guess).
@@ -664,14 +786,15 @@ class Smoother:
                 c = prm.reported_speed_sigma_mps**2
         s.x = [0.0, 0.0, vx, vy]
         a = acc * acc
-        s.p = [a, 0.0, 0.0, 0.0, 0.0, a, 0.0, 0.0, 0.0, 0.0, c, 0.0, 0.0, 0.0, 0.0, c]
+        s.var_pos = a
+        s.cov_pos_vel = 0.0
+        s.var_vel = c
         s.filter_ts_ms = ping.ts_ms
         s.fix_lat, s.fix_lon, s.fix_acc_m = ping.lat, ping.lon, acc
         s.odo_x = s.odo_y = 0.0
         s.odo_ts_ms = ping.ts_ms
         s.moving = False
-        s.cand_count = 0
-        s.cand_reachable = False
+        _forget_candidate(s)
         s.surprise = 2.0
         s.anchor_w = 1.0 / a
         s.start_count = 0
@@ -690,3 +813,12 @@ class Smoother:
         x[0] = x[1] = 0.0
         s.odo_x = (odo_lon - lon) * new_mlon
         s.odo_y = (odo_lat - lat) * M_PER_DEG_LAT
+
+
+def _forget_candidate(s: SmoothState) -> None:
+    """No run of rejected fixes: the candidate fields go back to their defaults (so they are
+    not serialised)."""
+    s.cand_count = 0
+    s.cand_reachable = False
+    s.cand_lat = s.cand_lon = s.cand_acc_m = 0.0
+    s.cand_ts_ms = 0
