@@ -89,6 +89,9 @@ class KafkaSettings:
     worker_batch_records: int = 500
     worker_batch_ms: int = 20
     session_timeout_s: float = 10.0  # a killed worker's partitions move after this long
+    # An owned partition with records waiting and no progress this long is resumed, and after
+    # as long again the worker exits (code 75) for its supervisor to restart; 0 disables.
+    stall_timeout_s: float = 30.0
     producer_timeout_s: float = 5.0  # the gateway answers 503 when the broker takes longer
 
 

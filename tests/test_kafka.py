@@ -38,6 +38,7 @@ from pipeline.stream import records
 from pipeline.stream.service import KafkaGateway
 from pipeline.stream.ticks import TickDriver
 from pipeline.stream.topics import Topics, wait_drained
+from pipeline.stream.worker import StallWatchdog
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI") == "true"
@@ -148,6 +149,8 @@ class Rig:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.sinks: list[subprocess.Popen[bytes]] = []
         self.tokens: dict[str, str] = {}
+        self.numbers: dict[int, int] = {}  # pid -> worker number (its log and scratch dir)
+        self.restarts = 0
 
     def env(self) -> dict[str, str]:
         k = self.settings.kafka
@@ -158,6 +161,7 @@ class Rig:
             "FIELDTRACK_KAFKA__TICK_INTERVAL_MS": "0",
             "FIELDTRACK_KAFKA__TICK_ACKS": "true",
             "FIELDTRACK_KAFKA__SESSION_TIMEOUT_S": str(k.session_timeout_s),
+            "FIELDTRACK_KAFKA__STALL_TIMEOUT_S": "15",
             "FIELDTRACK_DATA_DIR": self.settings.store.data_dir,
         }
 
@@ -168,7 +172,7 @@ class Rig:
         )
 
     def start(self, command: str, n: int) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"{command}-{n}.log").open("wb")
+        log = (self.tmp / f"{command}-{n}.log").open("ab")
         env = {**self.env()}
         if command == "worker":  # each worker its own scratch dir
             env["FIELDTRACK_DATA_DIR"] = str(self.tmp / f"worker-{n}")
@@ -177,7 +181,19 @@ class Rig:
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         (self.workers if command == "worker" else self.sinks).append(proc)
+        self.numbers[proc.pid] = n
         return proc
+
+    async def supervise(self) -> None:
+        """What systemd or Kubernetes does: restart a worker that its stall watchdog ended."""
+        while True:
+            for i, proc in enumerate(self.workers):
+                if proc.poll() == StallWatchdog.EXIT_CODE:
+                    n = self.numbers[proc.pid]
+                    self.restarts += 1
+                    self.workers[i] = self.start("worker", n)
+                    self.workers.pop()  # start() appended it; it takes the old one's place
+            await asyncio.sleep(0.5)
 
     def log(self, command: str, n: int) -> str:
         return (self.tmp / f"{command}-{n}.log").read_text(errors="replace")
@@ -193,6 +209,7 @@ class Rig:
         await gateway.start()
         ticks = TickDriver(self.settings.kafka)
         await ticks.start()
+        supervisor = asyncio.create_task(self.supervise())
         steps = 0
 
         async def step_done(now_ms: int, *, final: bool = False) -> None:
@@ -207,6 +224,7 @@ class Rig:
                                      step_done, QUIET, False)  # fmt: skip
             assert stats.http_errors == 0
         finally:
+            supervisor.cancel()
             await ticks.stop()
             await gateway.stop()
 
@@ -264,6 +282,16 @@ def test_kafka_path_equals_embedded_fact_for_fact(
         rig.stop_all()
     assert_same_facts(rig.stored_facts(), embedded_facts)
     assert "processed" in rig.log("worker", 1)
+    city, sim = fleet_day()  # the reference topic lands in the store too, for analysts' joins
+    store = Store(rig.settings.store)
+    try:
+        db = rig.settings.store.database
+        stored = {t: store.query(f"SELECT count() FROM {db}.{t} FINAL").rows[0][0]
+                  for t in ("customers", "fences", "devices")}  # fmt: skip
+    finally:
+        store.close()
+    assert stored == {"customers": len(city.customers), "fences": len(city.fence_features),
+                      "devices": len(sim.devices)}  # fmt: skip
 
 
 def test_kill_9_worker_then_sink_mid_stream_stores_every_fact_once(

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -136,24 +136,15 @@ class ReferenceFeed:
     def _rebuild(self) -> None:
         customers, fences, devices = [], [], {}
         for key, value in self.records.items():
-            kind, org_id, _ = key.decode().split("/", 2)
-            data = json.loads(value)
-            try:
-                if kind == "customer":
-                    customers.append(Customer(**data))
-                elif kind == "fence":
-                    fences.append((org_id, data))
-                elif kind == "device":
-                    schedule = data.get("schedule")
-                    devices[data["token_hash"]] = DeviceInfo(
-                        data["org_id"],
-                        data["device_id"],
-                        data.get("name", ""),
-                        Schedule.parse(schedule) if schedule else None,
-                        bool(data.get("active", True)),
-                    )
-            except (TypeError, ValueError, KeyError) as exc:
-                log.error("skipping bad reference record %s: %s", key, exc)
+            item = parse_reference(key, value)
+            if item is None:
+                continue
+            if isinstance(item, Customer):
+                customers.append(item)
+            elif isinstance(item, FenceFeature):
+                fences.append((item.org_id, item.feature))
+            else:
+                devices[item.token_hash] = item.device
         self.registry.replace_all(devices)
         # Swap whole indexes: a batch being processed never sees half an update.
         self.reference.customers = CustomerIndex(customers)
@@ -161,3 +152,40 @@ class ReferenceFeed:
         self.reference.schedules = self.registry.schedules()
         for listener in self.listeners:
             listener(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FenceFeature:
+    org_id: str
+    feature: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredDevice:
+    token_hash: str
+    device: DeviceInfo
+
+
+def parse_reference(key: bytes, value: bytes) -> Customer | FenceFeature | RegisteredDevice | None:
+    """One reference record (see the module docstring); None, logged, when it is bad."""
+    try:
+        kind, org_id, _ = key.decode().split("/", 2)
+        data = json.loads(value)
+        if kind == "customer":
+            return Customer(**data)
+        if kind == "fence":
+            return FenceFeature(org_id, data)
+        if kind == "device":
+            schedule = data.get("schedule")
+            device = DeviceInfo(
+                data["org_id"],
+                data["device_id"],
+                data.get("name", ""),
+                Schedule.parse(schedule) if schedule else None,
+                bool(data.get("active", True)),
+            )
+            return RegisteredDevice(data["token_hash"], device)
+        raise ValueError(f"unknown kind {kind!r}")
+    except (TypeError, ValueError, KeyError) as exc:
+        log.error("skipping bad reference record %s: %s", key, exc)
+        return None

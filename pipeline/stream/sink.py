@@ -2,8 +2,11 @@
 
 Consumes the raw input topics (pings, device states) and every output topic, buffers rows per
 table in the same batching `Sink` the embedded runner uses, and commits the consumed offsets
-only after every buffered row is in the store. A crash before the commit replays those records
-into the store again, and the tables' ReplacingMergeTree keys keep one copy of each fact.
+only after every buffered row is in the store. The compacted reference topic lands in the
+customers, fences and devices tables, so analysts join visits to customer names and grades on
+Kafka deployments as on embedded ones (deletions are not mirrored: the tables keep history).
+A crash before the commit replays those records into the store again, and the tables'
+ReplacingMergeTree keys keep one copy of each fact.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from pipeline.codec import CodecError
 from pipeline.config import Settings
 from pipeline.events import DeadLetter, make_id
 from pipeline.metrics import Metrics
+from pipeline.reference.models import Customer
 from pipeline.store.client import Store
+from pipeline.store.reference import save_customers, save_device, save_fences
 from pipeline.store.sink import Sink, StoreUnavailable
 from pipeline.stream.records import decode_for_store
+from pipeline.stream.reference import FenceFeature, RegisteredDevice, parse_reference
 from pipeline.stream.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,7 @@ class KafkaSink:
         self.sink = Sink(store, settings.store, self.metrics)
         self.consumer = AIOKafkaConsumer(
             *self.topics.all(),
+            self.topics.reference,
             bootstrap_servers=settings.kafka.bootstrap,
             group_id=f"{settings.kafka.topic_prefix}sink",
             enable_auto_commit=False,
@@ -45,6 +52,8 @@ class KafkaSink:
             heartbeat_interval_ms=int(settings.kafka.session_timeout_s * 200),
         )
         self._offsets: dict[TopicPartition, int] = {}
+        self.store = store
+        self._reference: list[Customer | FenceFeature | RegisteredDevice] = []
         self.consumed = 0
         self.committed = 0
 
@@ -68,6 +77,12 @@ class KafkaSink:
 
     def _buffer(self, msg: object) -> None:
         self.consumed += 1
+        if msg.topic == self.topics.reference:  # type: ignore[attr-defined]
+            if msg.key and msg.value:  # type: ignore[attr-defined]
+                item = parse_reference(msg.key, msg.value)  # type: ignore[attr-defined]
+                if item is not None:
+                    self._reference.append(item)
+            return
         try:
             for table, rows in decode_for_store(msg.value):  # type: ignore[attr-defined]
                 self.sink.submit_rows(table, rows)
@@ -86,10 +101,29 @@ class KafkaSink:
             )
             self.sink.submit_rows("dead_letters", [letter])
 
+    def _save_reference(self) -> None:
+        items, self._reference = self._reference, []
+        customers = [i for i in items if isinstance(i, Customer)]
+        if customers:
+            save_customers(self.store, customers)
+        by_org: dict[str, list[dict[str, object]]] = {}
+        for item in items:
+            if isinstance(item, FenceFeature):
+                by_org.setdefault(item.org_id, []).append(item.feature)
+            elif isinstance(item, RegisteredDevice):
+                save_device(self.store, item.token_hash, item.device)
+        for org_id, features in by_org.items():
+            save_fences(self.store, features, org_id)
+
     async def _flush_and_commit(self, stop: asyncio.Event, final: bool = False) -> None:
         while True:
             try:
                 await self.sink.flush()
+                if self._reference:
+                    try:
+                        await asyncio.to_thread(self._save_reference)
+                    except ValueError as exc:  # a fence the index also refused: logged there
+                        log.error("reference record not stored: %s", exc)
                 break
             except StoreUnavailable as exc:
                 log.error("store unavailable, retrying (offsets not committed): %s", exc)

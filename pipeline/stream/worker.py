@@ -36,9 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+from faust.types import TP
 
 from pipeline.config import Settings
+from pipeline.events import DeadLetter, make_id
+from pipeline.processors.base import Result
 from pipeline.stream import records
 from pipeline.stream.records import Tick
 from pipeline.stream.reference import ReferenceFeed
@@ -117,6 +122,9 @@ class Worker:
             self.app.timer(kafka.tick_interval_ms / 1000.0)(self._send_ticks)
         self.app.timer(5.0)(self._report)
         self._reported = 0
+        self.watchdog = StallWatchdog(self)
+        if kafka.stall_timeout_s > 0:
+            self.app.timer(max(1.0, kafka.stall_timeout_s / 4))(self.watchdog.check)
 
     # -- reference data -------------------------------------------------------------------
 
@@ -135,6 +143,7 @@ class Worker:
                  len(self.feed.registry))  # fmt: skip
 
     async def _stop_reference(self, app: Any, **kwargs: Any) -> None:
+        await self.watchdog.stop()
         await self.feed.stop()
         if self.producer is not None:
             await self.producer.stop()
@@ -171,7 +180,10 @@ class Worker:
             max(1, kafka.worker_batch_records), kafka.worker_batch_ms / 1000.0
         ):
             round_ = _Round(self)
+            now = time.monotonic()
             for event in events:
+                self.watchdog.processed(event.message.topic, event.message.partition,
+                                        event.message.offset, now)  # fmt: skip
                 try:
                     item = records.decode_input(event.value)
                 except Exception as exc:  # a bad record must not stop the partition
@@ -179,10 +191,18 @@ class Worker:
                               event.message.partition, event.message.offset, exc)  # fmt: skip
                     continue
                 partition = event.message.partition
-                if isinstance(item, Tick):
-                    await self._barrier(round_, item, partition, event.message.topic)
-                else:
-                    await self._process(round_, item, partition, event.key)
+                try:
+                    if isinstance(item, Tick):
+                        await self._barrier(round_, item, partition, event.message.topic)
+                    else:
+                        await self._process(round_, item, partition, event.key)
+                except Exception as exc:
+                    # A bug must not stall the partition (Faust would never commit past an
+                    # unacked event): the record goes to the dead letters with the reason,
+                    # the device's state stays as it was before it.
+                    log.exception("topology failed at %s[%s]@%s", event.message.topic,
+                                  partition, event.message.offset)  # fmt: skip
+                    await round_.emit(_failed(event, item, exc))
             await round_.commit()
             self.processed += len(events)
             yield None
@@ -225,6 +245,118 @@ class Worker:
             fresh = state.to_dict()
             if fresh != stored["s"]:  # write the changelog only when a timer changed state
                 round_.put(key, {"p": partition, "s": fresh}, partition)
+
+
+class StallWatchdog:
+    """Faust can leave an assigned partition unfetched after a rebalance (faust-streaming
+    #629: no error, the worker just never reads it, and no other worker may). Every few
+    seconds this compares each owned input partition's end offset with the last offset the
+    agent processed (or, before the first record, the group's committed offset). A partition
+    that has records waiting and no progress for `kafka.stall_timeout_s` is first resumed
+    (flow control and partition pause state); if it is still stuck after another timeout the
+    worker exits with code 75 so its supervisor restarts it and the group reassigns the
+    partitions. Nothing is lost: offsets were never committed past unprocessed records."""
+
+    EXIT_CODE = 75
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.last: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset processed
+        self.progress: dict[tuple[str, int], float] = {}  # -> monotonic time of progress
+        self.resumed: dict[tuple[str, int], float] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.admin: AIOKafkaAdminClient | None = None
+
+    def processed(self, topic: str, partition: int, offset: int, now: float) -> None:
+        self.last[(topic, partition)] = offset
+        self.progress[(topic, partition)] = now
+
+    async def check(self) -> None:
+        worker = self.worker
+        inputs = set(worker.topics.inputs)
+        owned = [tp for tp in worker.app.consumer.assignment() if tp.topic in inputs]
+        if not owned or not worker.reference_ready.is_set():
+            return
+        now = time.monotonic()
+        keys = {(tp.topic, tp.partition) for tp in owned}
+        for key in list(self.progress):  # revoked partitions start afresh when they return
+            if key not in keys:
+                self.progress.pop(key)
+                self.resumed.pop(key, None)
+        for key in keys:
+            self.progress.setdefault(key, now)
+        try:
+            waiting = await self._waiting(keys)
+        except Exception as exc:  # the broker may be briefly away: judge next time
+            log.warning("stall check skipped: %s", exc)
+            return
+        timeout = worker.settings.kafka.stall_timeout_s
+        stalled = [k for k in waiting if now - self.progress[k] > timeout]
+        if not stalled:
+            return
+        fresh = [k for k in stalled if k not in self.resumed]
+        if fresh:
+            log.warning("partitions %s have records waiting and no progress for %.0f s: "
+                        "resuming them", fresh, timeout)  # fmt: skip
+            tps = [TP(t, p) for t, p in fresh]
+            worker.app.consumer.resume_partitions(tps)
+            worker.app.flow_control.resume()
+            worker.app.consumer.resume_flow()
+            for key in fresh:
+                self.resumed[key] = now
+                self.progress[key] = now
+            return
+        log.critical("partitions %s still stalled after a resume: exiting (code %d) so the "
+                     "group reassigns them", stalled, self.EXIT_CODE)  # fmt: skip
+        os._exit(self.EXIT_CODE)
+
+    async def _waiting(self, keys: set[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Owned partitions with records beyond what this worker processed."""
+        bootstrap = self.worker.settings.kafka.bootstrap
+        if self.consumer is None:
+            self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+            await self.consumer.start()
+        tps = [TopicPartition(t, p) for t, p in keys]
+        ends = await self.consumer.end_offsets(tps)
+        unknown = [tp for tp in tps if (tp.topic, tp.partition) not in self.last]
+        committed: dict[TopicPartition, int] = {}
+        if unknown:
+            if self.admin is None:
+                self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+                await self.admin.start()
+            offsets = await self.admin.list_consumer_group_offsets(
+                self.worker.app.conf.id, partitions=unknown
+            )
+            committed = {tp: max(0, o.offset) for tp, o in offsets.items()}
+        waiting = []
+        for tp in tps:
+            key = (tp.topic, tp.partition)
+            done = self.last[key] + 1 if key in self.last else committed.get(tp, 0)
+            if ends[tp] > done:
+                waiting.append(key)
+        return waiting
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.admin is not None:
+            await self.admin.close()
+
+
+def _failed(event: Any, item: Any, exc: Exception) -> Result:
+    where = f"{event.message.topic}[{event.message.partition}]@{event.message.offset}"
+    letter = DeadLetter(
+        id=make_id("worker", where),
+        org_id=getattr(item, "org_id", ""),
+        device_id=getattr(item, "device_id", ""),
+        received_ms=getattr(item, "received_ms", 0) or time.time_ns() // 1_000_000,
+        source="worker",
+        reason=f"topology failed at {where}: {type(exc).__name__}: {exc}",
+        payload=event.value or b"",
+    )
+    out = Result()
+    out.dead_letters.append(letter)
+    return out
 
 
 class _Round:
