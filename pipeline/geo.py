@@ -14,14 +14,22 @@ EARTH_RADIUS_M = 6_371_008.8
 M_PER_DEG_LAT = math.pi * EARTH_RADIUS_M / 180.0
 
 
+_RADIANS = math.pi / 180.0  # what math.radians multiplies by (the same double)
+_sin, _cos, _asin, _sqrt = math.sin, math.cos, math.asin, math.sqrt
+_TWO_R = 2 * EARTH_RADIUS_M
+
+
 def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres."""
-    p1 = math.radians(lat1)
-    p2 = math.radians(lat2)
-    dp = p2 - p1
-    dl = math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+    """Great-circle distance in metres.
+
+    Called per fix in hot loops, so written for the interpreter: the same arithmetic as the
+    textbook form with math.radians (bit for bit, see tests/test_fence_index.py), without its
+    lookups.
+    """
+    p1 = lat1 * _RADIANS
+    p2 = lat2 * _RADIANS
+    a = _sin((p2 - p1) / 2) ** 2 + _cos(p1) * _cos(p2) * _sin((lon2 - lon1) * _RADIANS / 2) ** 2
+    return _TWO_R * _asin(min(1.0, _sqrt(a)))
 
 
 def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

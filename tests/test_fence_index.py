@@ -266,3 +266,66 @@ def test_geojson_errors_and_repair() -> None:
     # The feature's own id works too.
     f = {"type": "Feature", "id": 7, "geometry": poly, "properties": {"kind": "forbidden"}}
     assert fence_from_geojson(f, "acme").fence_id == "7"
+
+
+def test_lookup_is_near_many_with_positions_and_pairs() -> None:
+    rng = np.random.default_rng(21)
+    fences = random_fences(rng, 400)
+    index = FenceIndex([*fences, square("x1", 0, 0, 20_000, org="other")])
+    for _ in range(60):
+        # A device's batch: fixes close together (a few hundred metres), and sometimes one far.
+        cx, cy = rng.uniform(-10_000, 10_000, 2)
+        pts = [FRAME.to_latlon(cx + dx, cy + dy) for dx, dy in rng.normal(0, 150, (12, 2))]
+        if rng.random() < 0.3:
+            pts.append(FRAME.to_latlon(*rng.uniform(-10_000, 10_000, 2)))
+        lats, lons = [p[0] for p in pts], [p[1] for p in pts]
+        margins = [float(m) for m in rng.uniform(10, 400, len(pts))]
+        want = index.near_many(lats, lons, margins, org_id="acme")
+        positions = [int(i) for i in rng.integers(0, len(fences), 5)]
+        hoods, _, pair_signed = index.lookup(
+            lats, lons, margins, "acme", positions, lats[:5], lons[:5]
+        )
+        assert [[(f, d) for f, d, _ in hood] for hood in hoods] == want  # to the bit
+        for hood in hoods:
+            assert all(index.fences[pos] is f for f, _, pos in hood)
+        single = [index.lookup([lats[k]], [lons[k]], [1e6], "acme")[0][0] for k in range(5)]
+        for k, pos in enumerate(positions):
+            assert pair_signed[k] == {p: d for _, d, p in single[k]}[pos]
+
+
+def test_lookup_reuse_bound_holds_for_nearby_points() -> None:
+    """What `FenceTracker` relies on: from an anchor's answer at radius R and its kx, a point
+    `move` away has no other fence within R - move, and every listed fence's distance there
+    is within `move` of the anchor's."""
+    rng = np.random.default_rng(8)
+    fences = random_fences(rng, 600)
+    index = FenceIndex(fences)
+    radius = 400.0
+    checked = 0
+    for _ in range(150):
+        ax, ay = rng.uniform(-10_000, 10_000, 2)
+        a_lat, a_lon = FRAME.to_latlon(ax, ay)
+        hoods, kx, _ = index.lookup([a_lat], [a_lon], [radius], "acme")
+        at_anchor = {f.fence_id: d for f, d, _ in hoods[0]}
+        for dx, dy in rng.uniform(-300, 300, (5, 2)):
+            lat, lon = FRAME.to_latlon(ax + dx, ay + dy)
+            move = math.hypot((lon - a_lon) * kx, (lat - a_lat) * M_PER_DEG_LAT) + 1e-6
+            for fence, d in index.near(lat, lon, radius - move):
+                assert fence.fence_id in at_anchor
+                assert abs(d - at_anchor[fence.fence_id]) <= move
+                checked += 1
+    assert checked > 100
+
+
+def test_haversine_is_bit_for_bit_the_textbook_form() -> None:
+    def textbook(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+        p1, p2 = math.radians(lat1), math.radians(lat2)
+        dl = math.radians(lon2 - lon1)
+        a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+        return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(a)))
+
+    rng = np.random.default_rng(3)
+    for lat, lon, dlat, dlon in rng.uniform([-80, -180, -1, -1], [80, 180, 1, 1], (20_000, 4)):
+        scale = 10.0 ** rng.integers(-6, 2)
+        args = (lat, lon, lat + dlat * scale, lon + dlon * scale)
+        assert haversine_m(*args) == textbook(*args)

@@ -474,3 +474,104 @@ def test_a_new_work_shift_starts_with_an_enter() -> None:
     # Without work hours there are no shifts: one enter.
     out, _ = run(FenceTracker(), monday + tuesday, index, schedule=None)
     assert transitions(out) == [("hq", "enter", at(17, 50))]
+
+
+class PlainLookups(FenceTracker):
+    """The tracker as it was before the memo: every fix asks the index."""
+
+    def _near(self, state, index, points, margins, org_id):  # type: ignore[no-untyped-def]
+        lats, lons = [p.lat for p in points], [p.lon for p in points]
+        return index.near_many(lats, lons, margins, org_id=org_id)
+
+
+def memo_world(seed: int) -> tuple[list[TrackPoint], FenceIndex]:
+    """Fences of every kind around a day that stays by borders, walks and drives across
+    them and jumps away and back; accuracies vary (so do the margins)."""
+    rng = np.random.default_rng(seed)
+    evening = Schedule.parse("mon-fri 10:30-23:00 UTC")
+    fences: list[Fence] = [square("terr", 3000, kind="territory")]
+    for i in range(40):
+        cx, cy = rng.uniform(-2500, 2500, 2)
+        lat, lon = FRAME.to_latlon(cx, cy)
+        if i % 3:
+            half = rng.uniform(20, 150)
+            ring = [FRAME.to_latlon(cx + x, cy + y) for x, y in
+                    ((-half, -half), (half, -half), (half, half), (-half, half))]  # fmt: skip
+            geom = shapely.Polygon([(lo, la) for la, lo in ring])
+            kind = ("office", "forbidden", "customer")[i % 3]
+            fences.append(Fence(f"p{i}", ORG, f"p{i}", kind, geom, evening if i % 5 == 0 else None))
+        else:
+            fences.append(circle_fence(f"c{i}", ORG, f"c{i}", "customer", lat, lon,
+                                       float(rng.uniform(30, 200))))  # fmt: skip
+    points: list[TrackPoint] = []
+    ts, x, y = MONDAY_10, 0.0, 0.0
+    for leg in range(30):
+        target = fences[int(rng.integers(1, len(fences)))]
+        c = target.geometry.centroid
+        tx, ty = FRAME.to_xy(c.y, c.x)
+        speed = float(rng.choice([1.4, 8.0, 15.0]))
+        steps = max(1, int(math.hypot(tx - x, ty - y) / (speed * 5)))
+        for k in range(1, steps + 1):
+            px, py = x + (tx - x) * k / steps, y + (ty - y) * k / steps
+            points.append(point(ts, px, py, float(rng.uniform(3, 60))))
+            ts += STEP_MS
+        x, y = tx, ty
+        for _ in range(int(rng.integers(10, 60))):  # linger by the fence's border or inside
+            ox, oy = rng.normal(0, 40, 2)
+            points.append(point(ts, x + ox, y + oy, float(rng.uniform(3, 40))))
+            ts += STEP_MS
+        if leg % 7 == 3:  # a teleport and back
+            points.append(point(ts, x + 20_000, y, 10.0))
+            ts += STEP_MS
+    return points, FenceIndex(fences, {"p1": [DEV]})
+
+
+def test_memo_gives_the_same_answers_as_asking_the_index_every_fix() -> None:
+    for seed in (1, 2, 3):
+        points, index = memo_world(seed)
+        tracker = FenceTracker()
+        state = tracker.initial_state()
+        reused = measured = 0
+        for i in range(0, len(points), 12):
+            batch = points[i : i + 12]
+            margins = [tracker.margin_for(p.accuracy_m) for p in batch]
+            want = index.near_many(
+                [p.lat for p in batch], [p.lon for p in batch], margins, org_id=ORG
+            )
+            got = tracker._near(state, index, batch, margins, ORG)
+            for g, w, margin in zip(got, want, margins, strict=True):
+                assert [f.fence_id for f, _ in g] == [f.fence_id for f, _ in w]
+                for (_, dg), (_, dw) in zip(g, w, strict=True):
+                    # Exact, or both deeper inside than the margin (all the tracker asks).
+                    assert dg == dw or (dg < -margin and dw < -margin), (dg, dw, margin)
+                    reused += dg != dw
+                    measured += dg == dw
+        assert reused > 100 and measured > 100  # both paths really ran
+
+
+def test_memo_changes_no_event_alert_or_state() -> None:
+    for seed in (4, 5):
+        points, index = memo_world(seed)
+        for batch in (1, 12, 50):
+            fast, fast_state = run(FenceTracker(), points, index, batch=batch)
+            plain, plain_state = run(PlainLookups(), points, index, batch=batch)
+            assert transitions(fast) == transitions(plain)
+            assert [a.id for a in fast.alerts] == [a.id for a in plain.alerts]
+            assert fast_state.to_dict() == plain_state.to_dict()
+        assert len(transitions(plain)) > 10 and plain.alerts
+
+
+def test_memo_is_not_state_and_follows_the_index() -> None:
+    tracker = FenceTracker()
+    points = stay(at(10), 0, 0, 5)
+    out, state = run(tracker, points, FenceIndex([square("yard", 100)]))
+    assert state.near_memo is not None  # a memo was kept ...
+    assert "near_memo" not in state.to_dict()  # ... but it is not part of the state
+    assert FenceState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+    assert transitions(out) == [("yard", "enter", at(10))]
+    # New reference data: the memo of the old index must not answer for the new one.
+    moved = FenceIndex([square("yard", 100, cx=5000)])
+    out, state = run(tracker, stay(at(10, 10), 0, 0, 5), moved, state=state)
+    assert state.near_memo is not None and state.near_memo[0] is moved
+    # The new index says the device is out of the yard (the old memo said deep inside).
+    assert transitions(out) == [("yard", "exit", at(10, 10))]

@@ -9,7 +9,9 @@ A query first finds candidates on bounding boxes (one STRtree over the fences' l
 widened for circles so the index never misses a circle whose approximating polygon is
 slightly inside it), then runs the exact tests on those few candidates only, vectorised over
 every point of a batch (`near_many`). Cost per query therefore grows with the tree depth, not
-with the number of fences.
+with the number of fences. `lookup` serves the fence tracker: one pass per batch of a device
+(one tree query with the batch's envelope), the anchor data for reusing an answer at later
+fixes, and the distances of given (fence, point) pairs, all with `near_many`'s arithmetic.
 
 GeoJSON features (`fence_from_geojson`, `FenceIndex.from_geojson`) use these properties:
 
@@ -43,6 +45,15 @@ EMPTY: frozenset[str] = frozenset()
 # with a slightly different cos(lat) than the box conversion does; 10 % covers ±5° of latitude.
 _LON_BOX_SLACK = 1.1
 _CIRCLE_SEGMENTS = 64
+# Reuse of a `neighbourhoods` answer at a later point (see there): the margin counts this much
+# more, which keeps the later point's query box inside the reused one wherever degrees of
+# longitude change by less than 5 % over the reuse radius (anywhere below ~89.9° for a 1 km
+# radius); no reuse beyond REUSE_MAX_ABS_LAT.
+# `lookup` queries the tree once with the envelope of a batch's points unless it spans more
+# than this (degrees of lon + lat, ~ 2 km): then once per point.
+_BATCH_ENVELOPE_DEG = 0.02
+REUSE_MARGIN_FACTOR = 1.05
+REUSE_MAX_ABS_LAT = 85.0
 
 # Post assignment: fence id (every org) or (org_id, fence_id) -> device ids or "*".
 Assignment = Mapping[str, Iterable[str]] | Mapping[tuple[str, str], Iterable[str]]
@@ -115,7 +126,9 @@ class FenceIndex:
         self._lat0 = lat0
         self._lon0 = lon0
         self._mlon = M_PER_DEG_LAT * np.cos(np.radians(lat0))
+        self._frame = np.column_stack((self._lon0, self._lat0, self._mlon))
         self._tree = shapely.STRtree(shapely.box(*bounds.T) if n else geoms)
+        self._bounds = bounds  # (n, 4): xmin, ymin, xmax, ymax of each fence's index box
 
         # Polygons projected into their own metric frame, prepared for containment tests.
         projected = np.empty(n, dtype=object)
@@ -212,39 +225,11 @@ class FenceIndex:
         """`near` for a batch of points in one vectorised pass; optionally one org's fences."""
         n_points = len(lats)
         result: list[list[tuple[Fence, float]]] = [[] for _ in range(n_points)]
-        if not self.fences or not n_points:
+        found = self._candidates(lats, lons, margins_m, org_id)
+        if found is None:
             return result
-        if org_id is not None and org_id not in self._org_code:
-            return result
-        lat = np.asarray(lats, dtype=np.float64)
-        lon = np.asarray(lons, dtype=np.float64)
-        margin = np.asarray(margins_m, dtype=np.float64)
-        dlat = margin / M_PER_DEG_LAT
-        dlon = margin * _LON_BOX_SLACK / (M_PER_DEG_LAT * np.maximum(1e-6, np.cos(np.radians(lat))))
-        pairs = self._tree.query(shapely.box(lon - dlon, lat - dlat, lon + dlon, lat + dlat))
-        if not pairs.shape[1]:
-            return result
-        qi, fi = pairs[0], pairs[1]
-        if org_id is not None and len(self._org_code) > 1:
-            keep = self._fence_org[fi] == self._org_code[org_id]
-            qi, fi = qi[keep], fi[keep]
-            if not qi.size:
-                return result
-        signed = np.empty(qi.size)
-        circ = self._is_circle[fi]
-        if circ.any():
-            c = fi[circ]
-            q = qi[circ]
-            signed[circ] = _haversine(lat[q], lon[q], self._clat[c], self._clon[c]) - self._crad[c]
-        poly = ~circ
-        if poly.any():
-            p = fi[poly]
-            q = qi[poly]
-            x = (lon[q] - self._lon0[p]) * self._mlon[p]
-            y = (lat[q] - self._lat0[p]) * M_PER_DEG_LAT
-            dist = shapely.distance(self._boundary[p], shapely.points(x, y))
-            inside = shapely.contains_xy(self._projected[p], x, y)
-            signed[poly] = np.where(inside, -dist, dist)
+        lat, lon, margin, qi, fi = found
+        signed = self._signed(fi, lat[qi], lon[qi])
         keep = signed <= margin[qi]
         order = np.lexsort((fi[keep], qi[keep]))
         fences = self.fences
@@ -256,6 +241,195 @@ class FenceIndex:
         ):
             result[q].append((fences[f], d))
         return result
+
+    def lookup(
+        self,
+        lats: Sequence[float],
+        lons: Sequence[float],
+        margins_m: Sequence[float],
+        org_id: str,
+        pair_positions: Sequence[int] = (),
+        pair_lats: Sequence[float] = (),
+        pair_lons: Sequence[float] = (),
+    ) -> tuple[list[list[tuple[Fence, float, int]]], float, list[float]]:
+        """Everything a batch of one device needs, in one vectorised pass:
+
+        - per point, `near_many`'s answer (one org) as (fence, signed distance, position)
+          triples, the position being what `pair_positions` takes;
+        - for the last point (the anchor), `kx`: a bound on the metres per degree of longitude
+          of every metric the fences within its margin are measured in (see below);
+        - the signed distance of each given (fence position, point) pair.
+
+        All distances are computed with `near_many`'s arithmetic: the same values to the bit.
+
+        Reuse for a later point: with `kx`, the answer at p (margin R) serves a point q and a
+        margin m: every fence's signed distance moves by at most `move = hypot((lon_q - lon_p)
+        * kx, (lat_q - lat_p) * M_PER_DEG_LAT)` (it is 1-Lipschitz in each fence's frame, and
+        in haversine metres for circles), so while `move + REUSE_MARGIN_FACTOR * m <= R` no
+        fence missing from the answer can be within m of q (not even by the bounding-box test:
+        the query box at q lies inside the one at p), and each listed fence's signed distance
+        at q lies within `move` of the listed one. Polygon fences' frames are among the
+        bounding-box candidates; circles measure haversine metres, which are at most those of
+        a frame at the latitude nearest the equator within R. (As for `near_many` itself,
+        this assumes every fence within a margin meets the query box, which `_LON_BOX_SLACK`
+        provides.)
+        """
+        n_points = len(lats)
+        hoods: list[list[tuple[Fence, float, int]]] = [[] for _ in range(n_points)]
+        kx = 0.0
+        if n_points:
+            # Circles (and the box argument) need the widest degree of longitude in reach.
+            last = n_points - 1
+            kx = M_PER_DEG_LAT * math.cos(
+                math.radians(max(0.0, abs(lats[last]) - margins_m[last] / M_PER_DEG_LAT))
+            )
+        found = self._batch_candidates(lats, lons, margins_m, org_id) if n_points else None
+        n_pairs = len(pair_positions)
+        if found is None and not n_pairs:
+            return hoods, kx, []
+        if n_pairs:
+            pair_fi = np.asarray(pair_positions, dtype=np.intp)
+            pair_lat = np.asarray(pair_lats, dtype=np.float64)
+            pair_lon = np.asarray(pair_lons, dtype=np.float64)
+            if found is None:
+                return hoods, kx, self._signed(pair_fi, pair_lat, pair_lon).tolist()
+        lat, lon, margin, qi, fi, ordered = found  # type: ignore[misc]
+        n_cands = qi.size
+        if n_pairs:
+            signed_all = self._signed(
+                np.concatenate((fi, pair_fi)),
+                np.concatenate((lat[qi], pair_lat)),
+                np.concatenate((lon[qi], pair_lon)),
+            )
+            signed = signed_all[:n_cands]
+            pair_signed = signed_all[n_cands:].tolist()
+        else:
+            signed = self._signed(fi, lat[qi], lon[qi])
+            pair_signed = []
+        keep = signed <= margin[qi]
+        q_kept = qi[keep]
+        f_kept = fi[keep]
+        d_kept = signed[keep]
+        if not ordered:
+            order = np.lexsort((f_kept, q_kept))
+            q_kept, f_kept, d_kept = q_kept[order], f_kept[order], d_kept[order]
+        fences = self.fences
+        for q, f, d in zip(q_kept.tolist(), f_kept.tolist(), d_kept.tolist(), strict=True):
+            hoods[q].append((fences[f], d, f))
+        last_fences = fi[(qi == n_points - 1) & ~self._is_circle[fi]]
+        if last_fences.size:
+            kx = max(kx, float(self._mlon[last_fences].max()))
+        return hoods, kx, pair_signed
+
+    def _batch_candidates(
+        self,
+        lats: Sequence[float],
+        lons: Sequence[float],
+        margins_m: Sequence[float],
+        org_id: str | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool] | None:
+        """`_candidates` for the points of one device's batch, which lie close together: one
+        tree query with their common envelope, then each point's own box test on the few
+        fences found (the same pairs, for a fraction of the cost of one query per point).
+        The last item says whether the pairs are sorted by (point, fence)."""
+        if not self.fences:
+            return None
+        if org_id is not None and org_id not in self._org_code:
+            return None
+        lat = np.asarray(lats, dtype=np.float64)
+        lon = np.asarray(lons, dtype=np.float64)
+        margin = np.asarray(margins_m, dtype=np.float64)
+        dlat = margin / M_PER_DEG_LAT
+        dlon = margin * _LON_BOX_SLACK / (M_PER_DEG_LAT * np.maximum(1e-6, np.cos(np.radians(lat))))
+        xmin = lon - dlon
+        ymin = lat - dlat
+        xmax = lon + dlon
+        ymax = lat + dlat
+        x0, y0, x1, y1 = float(xmin.min()), float(ymin.min()), float(xmax.max()), float(ymax.max())
+        if (x1 - x0) + (y1 - y0) > _BATCH_ENVELOPE_DEG:  # spread out: a query per point
+            pairs = self._tree.query(shapely.box(xmin, ymin, xmax, ymax))
+            qi, fi = pairs[0], pairs[1]
+            ordered = False
+        else:
+            found = self._tree.query(shapely.box(x0, y0, x1, y1))
+            n_found = found.size
+            if not n_found:
+                return None
+            found.sort()
+            n_points = lat.size
+            qi = np.repeat(np.arange(n_points), n_found)
+            fi = np.tile(found, n_points)
+            b = self._bounds[fi]
+            # The tree's test: envelopes intersect (touching counts).
+            meets = (
+                (b[:, 0] <= xmax[qi]) & (b[:, 2] >= xmin[qi]) & (b[:, 1] <= ymax[qi])
+                & (b[:, 3] >= ymin[qi])
+            )  # fmt: skip
+            qi, fi = qi[meets], fi[meets]
+            ordered = True
+        if org_id is not None and len(self._org_code) > 1:
+            keep = self._fence_org[fi] == self._org_code[org_id]
+            qi, fi = qi[keep], fi[keep]
+        if not qi.size:
+            return None
+        return lat, lon, margin, qi, fi, ordered
+
+    def _signed(self, fi: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Signed distances of fences `fi` to the points (lat, lon), pair by pair (every
+        pair's arithmetic is the same whatever else is in the arrays)."""
+        circ = self._is_circle[fi]
+        n_circ = int(np.count_nonzero(circ))
+        if n_circ == fi.size:
+            return _haversine(lat, lon, self._clat[fi], self._clon[fi]) - self._crad[fi]
+        if not n_circ:
+            return self._signed_polygons(fi, lat, lon)
+        signed = np.empty(fi.size)
+        c = fi[circ]
+        signed[circ] = (
+            _haversine(lat[circ], lon[circ], self._clat[c], self._clon[c]) - self._crad[c]
+        )
+        poly = ~circ
+        signed[poly] = self._signed_polygons(fi[poly], lat[poly], lon[poly])
+        return signed
+
+    def _signed_polygons(self, fi: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Polygon fences: distance to the border in the fence's frame, negative inside."""
+        frame = self._frame[fi]  # lon0, lat0, metres per degree of longitude
+        xy = np.empty((fi.size, 2))
+        xy[:, 0] = (lon - frame[:, 0]) * frame[:, 2]
+        xy[:, 1] = (lat - frame[:, 1]) * M_PER_DEG_LAT
+        dist = shapely.distance(self._boundary[fi], shapely.points(xy))
+        inside = shapely.contains_xy(self._projected[fi], xy[:, 0], xy[:, 1])
+        return np.negative(dist, out=dist, where=inside)
+
+    def _candidates(
+        self,
+        lats: Sequence[float],
+        lons: Sequence[float],
+        margins_m: Sequence[float],
+        org_id: str | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(lat, lon, margin) as arrays and the bounding-box candidates of each point (point
+        index, fence position); None when there are none."""
+        if not self.fences or not len(lats):
+            return None
+        if org_id is not None and org_id not in self._org_code:
+            return None
+        lat = np.asarray(lats, dtype=np.float64)
+        lon = np.asarray(lons, dtype=np.float64)
+        margin = np.asarray(margins_m, dtype=np.float64)
+        dlat = margin / M_PER_DEG_LAT
+        dlon = margin * _LON_BOX_SLACK / (M_PER_DEG_LAT * np.maximum(1e-6, np.cos(np.radians(lat))))
+        pairs = self._tree.query(shapely.box(lon - dlon, lat - dlat, lon + dlon, lat + dlat))
+        if not pairs.shape[1]:
+            return None
+        qi, fi = pairs[0], pairs[1]
+        if org_id is not None and len(self._org_code) > 1:
+            keep = self._fence_org[fi] == self._org_code[org_id]
+            qi, fi = qi[keep], fi[keep]
+            if not qi.size:
+                return None
+        return lat, lon, margin, qi, fi
 
 
 def _haversine(
