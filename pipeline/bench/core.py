@@ -34,14 +34,11 @@ from __future__ import annotations
 import cProfile
 import datetime as dt
 import importlib.util
-import io
 import json
-import pstats
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -60,6 +57,7 @@ from pipeline.bench.common import (
     measure,
     print_table,
 )
+from pipeline.bench.procs import profile_rows
 from pipeline.config import ProcessorSettings
 from pipeline.devices import DeviceInfo
 from pipeline.ingest import Screener
@@ -263,38 +261,6 @@ def _naive_fences_loop(geoms: list[Any], lats: list[float], lons: list[float]) -
     return hits
 
 
-def _profile_rows(profiler: cProfile.Profile, top: int = 15) -> list[dict[str, Any]]:
-    stats = pstats.Stats(profiler, stream=io.StringIO())
-    entries = stats.stats  # type: ignore[attr-defined]
-    # Percentages of the outermost call (the driver loop), which holds everything else.
-    total = max([1e-12, *(v[3] for v in entries.values())])
-    rows = []
-    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in sorted(
-        entries.items(), key=lambda kv: kv[1][3], reverse=True
-    )[:top]:
-        rows.append(
-            {
-                "function": f"{_short(filename)}:{line}({func})",
-                "calls": ncalls,
-                "tottime_s": round(tottime, 4),
-                "cumtime_s": round(cumtime, 4),
-                "cum_pct": round(100 * cumtime / total, 1),
-            }
-        )
-    return rows
-
-
-def _short(filename: str) -> str:
-    if filename.startswith("~") or filename.startswith("<"):
-        return filename
-    parts = Path(filename).parts
-    for anchor in ("pipeline", "site-packages"):
-        if anchor in parts:
-            i = len(parts) - 1 - parts[::-1].index(anchor)
-            return "/".join(parts[i + (anchor == "site-packages") :])
-    return Path(filename).name
-
-
 def run(params: Params, steps_ui: Steps) -> BenchResult:
     console = steps_ui.console
     settings = ProcessorSettings()
@@ -415,7 +381,7 @@ def run(params: Params, steps_ui: Steps) -> BenchResult:
             profiler.enable()
             run_window(topology, ref, states, half, devices)
             profiler.disable()
-            profile = _profile_rows(profiler)
+            profile = profile_rows(profiler, by="cum")
 
     # -- figures ------------------------------------------------------------------------------
     topo_rate = t_topo.rate(accepted)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import io
 import json
 import os
@@ -192,15 +193,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def profile_rows(stats_file: Path, top: int = 15) -> list[dict[str, Any]]:
-    """cProfile stats of a server process, top functions by own time (tottime): a server's
-    cumulative times are dominated by the event loop, which holds everything."""
-    stats = pstats.Stats(str(stats_file), stream=io.StringIO())
+def profile_rows(
+    source: Path | cProfile.Profile, top: int = 15, *, by: str = "own"
+) -> list[dict[str, Any]]:
+    """The top functions of a cProfile run (a profiler or a stats file). `by="own"` ranks by
+    own time (a server's cumulative times are dominated by the event loop, which holds
+    everything); `by="cum"` by cumulative time, as a share of the outermost call (a driver
+    loop that holds everything else)."""
+    stats = pstats.Stats(str(source) if isinstance(source, Path) else source,
+                         stream=io.StringIO())  # fmt: skip
     entries = stats.stats  # type: ignore[attr-defined]
-    total = sum(v[2] for v in entries.values()) or 1e-12
+    column = 2 if by == "own" else 3  # (cc, ncalls, tottime, cumtime, callers)
+    if by == "own":
+        total = sum(v[2] for v in entries.values()) or 1e-12
+    else:
+        total = max([1e-12, *(v[3] for v in entries.values())])
+    share = "own_pct" if by == "own" else "cum_pct"
     rows = []
     for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in sorted(
-        entries.items(), key=lambda kv: kv[1][2], reverse=True
+        entries.items(), key=lambda kv: kv[1][column], reverse=True
     )[:top]:
         rows.append(
             {
@@ -208,7 +219,7 @@ def profile_rows(stats_file: Path, top: int = 15) -> list[dict[str, Any]]:
                 "calls": ncalls,
                 "tottime_s": round(tottime, 4),
                 "cumtime_s": round(cumtime, 4),
-                "own_pct": round(100 * tottime / total, 1),
+                share: round(100 * (tottime if by == "own" else cumtime) / total, 1),
             }
         )
     return rows

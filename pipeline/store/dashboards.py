@@ -138,6 +138,26 @@ def _cell_colored(name: str, mapping: dict[str, Any]) -> dict[str, Any]:
 
 # -- Operations live --------------------------------------------------------------------------
 
+
+def _geomap(layer: str, style: dict[str, Any]) -> dict[str, Any]:
+    """Geomap options: markers at (latitude, longitude), fitted to the data."""
+    return {
+        "view": {"id": "fit", "lat": 0, "lon": 0, "zoom": 11, "allLayers": True},
+        "controls": {"showZoom": True, "mouseWheelZoom": True, "showAttribution": True},
+        "basemap": {"type": "default", "name": "Basemap", "config": {}},
+        "layers": [
+            {
+                "type": "markers",
+                "name": layer,
+                "location": {"mode": "coords", "latitude": "latitude", "longitude": "longitude"},
+                "tooltip": True,
+                "config": {"showLegend": True, "style": style},
+            }
+        ],
+        "tooltip": {"mode": "details"},
+    }
+
+
 FLEET_NOW = Panel(
     key="fleet_now",
     title="Fleet now",
@@ -214,29 +234,15 @@ LIVE_MAP = Panel(
     ),
     width=14,
     height=14,
-    options={
-        "view": {"id": "fit", "lat": 0, "lon": 0, "zoom": 11, "allLayers": True},
-        "controls": {"showZoom": True, "mouseWheelZoom": True, "showAttribution": True},
-        "basemap": {"type": "default", "name": "Basemap", "config": {}},
-        "layers": [
-            {
-                "type": "markers",
-                "name": "Reps",
-                "location": {"mode": "coords", "latitude": "latitude", "longitude": "longitude"},
-                "tooltip": True,
-                "config": {
-                    "showLegend": True,
-                    "style": {
-                        "size": {"fixed": 8},
-                        "color": {"field": "minutes_ago"},
-                        "text": {"field": "device_id", "mode": "field"},
-                        "textConfig": {"fontSize": 11, "offsetY": -12, "textAlign": "center"},
-                    },
-                },
-            }
-        ],
-        "tooltip": {"mode": "details"},
-    },
+    options=_geomap(
+        "Reps",
+        {
+            "size": {"fixed": 8},
+            "color": {"field": "minutes_ago"},
+            "text": {"field": "device_id", "mode": "field"},
+            "textConfig": {"fontSize": 11, "offsetY": -12, "textAlign": "center"},
+        },
+    ),
     custom={"thresholds_steps": [(None, "green"), (5, "orange"), (SILENT_AFTER_MIN, "red")]},
 )
 
@@ -749,28 +755,14 @@ TRAJECTORY = Panel(
     columns=("time", "device_id", "latitude", "longitude", "speed_kmh"),
     width=24,
     height=12,
-    options={
-        "view": {"id": "fit", "lat": 0, "lon": 0, "zoom": 11, "allLayers": True},
-        "controls": {"showZoom": True, "mouseWheelZoom": True, "showAttribution": True},
-        "basemap": {"type": "default", "name": "Basemap", "config": {}},
-        "layers": [
-            {
-                "type": "markers",
-                "name": "Track",
-                "location": {"mode": "coords", "latitude": "latitude", "longitude": "longitude"},
-                "tooltip": True,
-                "config": {
-                    "showLegend": True,
-                    "style": {
-                        "size": {"fixed": 3},
-                        "color": {"field": "device_id"},
-                        "opacity": 0.7,
-                    },
-                },
-            }
-        ],
-        "tooltip": {"mode": "details"},
-    },
+    options=_geomap(
+        "Track",
+        {
+            "size": {"fixed": 3},
+            "color": {"field": "device_id"},
+            "opacity": 0.7,
+        },
+    ),
 )
 
 # -- variables and dashboards -----------------------------------------------------------------
