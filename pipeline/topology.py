@@ -37,6 +37,10 @@ def _ping_ts(p: Ping) -> Any:
     return p.ts_ms
 
 
+def _state_ts(e: DeviceState) -> Any:
+    return e.ts_ms
+
+
 @dataclass(slots=True)
 class DeviceBatch:
     """What one upload of one device carries (a Kafka record carries exactly this)."""
@@ -114,7 +118,7 @@ class Topology:
     def process(self, state: PipelineState, batch: DeviceBatch, ctx: Ctx) -> Result:
         out = Result()
         clock_offset = state.validate.clock_offset_ms  # the phone's clock error, when known
-        for ev in sorted(batch.states, key=lambda e: e.ts_ms):
+        for ev in sorted(batch.states, key=_state_ts) if batch.states else ():
             if clock_offset and type(ev.ts_ms) is int:
                 ev = replace(ev, ts_ms=ev.ts_ms - clock_offset)
             reason = self.validator.check_state(ev, ctx.now_ms)
@@ -150,14 +154,16 @@ class Topology:
         self.fences.tick(state.fences, ctx, out)
         visits_before = len(out.visits)
         self.dwell.tick(state.dwell, ctx, out, final=final)
-        self._verify_visits(state, out, visits_before)
+        if len(out.visits) > visits_before:
+            self._verify_visits(state, out, visits_before)
         return out
 
     def _downstream(
         self, state: PipelineState, in_order: list[Ping], late: list[Ping], ctx: Ctx, out: Result
     ) -> None:
         in_order = self.privacy.process(in_order, ctx, out)
-        late = self.privacy.process(late, ctx, out)
+        if late:
+            late = self.privacy.process(late, ctx, out)
         if not in_order and not late:
             return
         self.contact.observe(state.contact, in_order, late, ctx, out)
@@ -175,7 +181,8 @@ class Topology:
         if good:
             visits_before = len(out.visits)
             self.dwell.process(state.dwell, good, ctx, out)
-            self._verify_visits(state, out, visits_before)
+            if len(out.visits) > visits_before:
+                self._verify_visits(state, out, visits_before)
             if not self.spoof.replaying(state.spoof):  # a replayed day crosses no real fence
                 self.fences.process(state.fences, good, ctx, out)
 

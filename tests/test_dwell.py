@@ -375,6 +375,38 @@ def test_state_round_trip_mid_stream_gives_identical_outputs() -> None:
         assert out.visits == expected.visits, cut
 
 
+def test_one_batch_and_fix_by_fix_with_round_trips_end_in_the_same_state() -> None:
+    """The per-fix loop keeps the stay in locals within a batch (and feeds confirmed exits
+    again): a batch must leave exactly the state that fix-by-fix feeding leaves, with the
+    state serialised between fixes, including duplicates, vague fixes, gaps and exits."""
+    path: Path = []
+    t = drive(path, 0.0, -600.0, 0.0, 1.4)
+    t = stay(path, t, 0.0, 0.0, 700.0)
+    path.append((t, 150.0, 0.0))  # a glitch: pending, then cleared
+    t = stay(path, t + DT, 0.0, 0.0, 200.0)
+    t = drive(path, t, 0.0, 800.0, 12.0)  # exits confirmed, fixes fed again
+    t = stay(path, t, 800.0, 0.0, 400.0)
+    t = stay(path, t + 1200.0, 800.0, 0.0, 400.0)  # a gap ends the stay
+    pts = points(path, noise_m=15.0, seed=5)
+    rng = random.Random(3)
+    for i in rng.sample(range(len(pts)), 25):
+        pts[i] = replace(pts[i], accuracy_m=rng.choice([150.0, 12.5, 0.4]))
+    pts[200:200] = [pts[199], replace(pts[150], seq=10_000)]  # a duplicate and a late fix
+    ctx = make_ctx(customer("a", 0.0, 0.0), customer("b", 800.0, 0.0))
+    det = DwellDetector()
+    whole, whole_out = det.initial_state(), Result()
+    det.process(whole, pts, ctx, whole_out)
+    state, out = det.initial_state(), Result()
+    for p in pts:
+        det.process(state, [p], ctx, out)
+        state = DwellState.from_dict(json.loads(json.dumps(state.to_dict())))
+    closed = [d.end_reason for d in whole_out.dwells if d.status == "closed"]
+    assert closed == ["moved", "gap"] and len(whole_out.visits) == 2
+    assert out.dwells == whole_out.dwells
+    assert out.visits == whole_out.visits
+    assert json.dumps(state.to_dict()) == json.dumps(whole.to_dict())
+
+
 def test_out_of_order_and_duplicate_points_are_ignored() -> None:
     pts = points(still(0.0, 0.0, 0.0, 600.0))
     ctx = make_ctx()

@@ -431,6 +431,41 @@ def test_state_round_trip_mid_stream_gives_identical_alerts(cut: int) -> None:
     assert len(blob) < 1200
 
 
+def test_one_batch_and_fix_by_fix_with_round_trips_give_the_same_episodes_and_state() -> None:
+    """`process` writes the common path of each rule out and reads the mock episode once per
+    batch: a single batch must open the same episodes and leave the same state as fix-by-fix
+    processing with the state serialised between fixes (mock fixes interleaved with real
+    ones, a frozen spot, a jump back, clock lag, a perfect route)."""
+    pings = scenario()
+    t_s = (pings[-1].ts_ms - T0) / 1000 + 5
+    for i in range(40):  # real fixes with a mock burst every 10: episodes clear and reopen
+        lat, lon = offset(LAT0, LON0, 3 * i, 0)
+        pings.append(ping(1000 + i, t_s + 5 * i, lat, lon, 6.0, is_mock=i % 10 >= 7))
+    route = fake_route(120)
+    for p in route:
+        p.ts_ms += pings[-1].ts_ms + 5000 - T0
+        p.received_ms = p.ts_ms + 700
+    pings += route
+    one_batch, whole = run(pings, batch=len(pings))
+    state = SpoofState()
+    det = SpoofDetector()
+    out = Result()
+    c = ctx()
+    for p in pings:
+        det.process(state, [p], c, out)
+        state = SpoofState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert set(types(one_batch)) >= {
+        "spoof_static",
+        "spoof_jump_back",
+        "spoof_mock_flag",
+        "spoof_clock_skew",
+        "spoof_constant_accuracy",
+    }
+    assert types(one_batch).count("spoof_mock_flag") >= 3
+    assert sorted(a.id for a in out.alerts) == sorted(a.id for a in one_batch)
+    assert json.dumps(state.to_dict()) == json.dumps(whole.to_dict())
+
+
 def test_params_are_config_friendly() -> None:
     for name in SpoofParams.__dataclass_fields__:
         assert type(getattr(SpoofParams(), name)) in (int, float, str, bool), name

@@ -64,7 +64,9 @@ Parameters (`DwellParams`, section `[dwell]`):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.events import Dwell, DwellStatus, TrackPoint, Visit, VisitDoubt, make_id
 from pipeline.geo import M_PER_DEG_LAT
@@ -137,6 +139,21 @@ class DwellDetector:
         self._max_acc = p.max_accuracy_m
         self._acc_floor = max(0.1, p.accuracy_floor_m)
         self._head_cap = max(1, p.arrive_trim_points)
+        # What the per-fix loop reads, unpacked once per batch.
+        self._consts = (
+            self._gap_ms,
+            self._max_acc,
+            self._radius,
+            self._core,
+            self._slack_frac,
+            self._slack_max,
+            self._acc_floor,
+            self._head_cap,
+            self._min_ms,
+            self._pending_cap,
+            self._confirm_pts,
+            self._confirm_ms,
+        )
 
     def initial_state(self) -> DwellState:
         return DwellState()
@@ -144,10 +161,7 @@ class DwellDetector:
     # -- public entry points ------------------------------------------------------------------
 
     def process(self, state: DwellState, points: list[TrackPoint], ctx: Ctx, out: Result) -> None:
-        for p in points:
-            if p.ts_ms <= state.last_seen_ms:
-                continue  # not in event-time order (duplicate or late): cannot extend a stay
-            self._feed(state, p.ts_ms, p.lat, p.lon, p.accuracy_m, ctx, out)
+        self._run(state, points, ctx, out, False)
 
     def tick(self, state: DwellState, ctx: Ctx, out: Result, final: bool = False) -> None:
         if final:
@@ -160,77 +174,127 @@ class DwellDetector:
 
     # -- per fix ------------------------------------------------------------------------------
 
-    def _feed(
-        self, st: DwellState, ts: int, lat: float, lon: float, acc: float, ctx: Ctx, out: Result
+    # fmt: off
+    # (the loop's locals are loaded and saved as one row each)
+    def _run(
+        self, st: DwellState, fixes: Sequence[Any], ctx: Ctx, out: Result, refeed: bool
     ) -> None:
-        """One fix (also re-fed from the pending buffer when an exit is confirmed)."""
-        if st.n and ts - st.last_seen_ms > self._gap_ms:
-            if st.dwell_id is not None:
-                self._close(st, "gap", ctx, out)
-            self._reset(st)
-        st.last_seen_ms = max(st.last_seen_ms, ts)
-        if acc > self._max_acc:
-            return  # too vague to place; it did refresh the gap timer above
-        acc = round(acc)  # whole metres, as stored in the state, so trims subtract exactly
-        if not st.n:
-            self._start(st, ts, lat, lon, acc)
-            return
-        x = (lon - st.anchor_lon) * st.kx
-        y = (lat - st.anchor_lat) * M_PER_DEG_LAT
-        dx = x - st.sx / st.sw
-        dy = y - st.sy / st.sw
-        d = math.sqrt(dx * dx + dy * dy)
-        slack = min(acc * self._slack_frac, self._slack_max)
-        if d <= self._radius + slack:
-            if st.pending:
-                st.pending.clear()  # the excursion was a glitch
-            self._add(st, ts, x, y, acc)
-            if d <= self._core + slack:
-                st.last_core_ms = ts
-            if st.dwell_id is None and ts - st.start_ms >= self._min_ms:
+        """The per-fix loop over track points, or with `refeed` over pending entries fed again
+        after a confirmed exit (older than `last_seen_ms`: the gap timer has seen them; already
+        rounded and screened). Written out in one function because per-fix calls and state
+        attribute lookups were most of this processor's cost: the stay's running values live
+        in locals, written back (`_save`) before anything that reads or changes the state
+        (opening, closing, an exit) and read again (`_load`) after it."""
+        (gap_ms, max_acc, radius, core, slack_frac, slack_max, acc_floor, head_cap, min_ms,
+         pending_cap, confirm_pts, confirm_ms) = self._consts
+        (last_seen, n, sw, sx, sy, sq, last_in, last_core, start_ms, anchor_ms, anchor_lat,
+         anchor_lon, kx, dwell_id, head, pending) = self._load(st)
+        sqrt = math.sqrt
+        for p in fixes:
+            if refeed:
+                ts, lat, lon, acc = p
+                ts = int(ts)
+            else:
+                ts = p.ts_ms
+                if ts <= last_seen:
+                    continue  # not in event-time order (duplicate or late): cannot extend a stay
+                if n and ts - last_seen > gap_ms:
+                    self._save(st, last_seen, n, sw, sx, sy, sq, last_in, last_core, start_ms,
+                               anchor_ms, anchor_lat, anchor_lon, kx)
+                    if dwell_id is not None:
+                        self._close(st, "gap", ctx, out)
+                    self._reset(st)
+                    (last_seen, n, sw, sx, sy, sq, last_in, last_core, start_ms, anchor_ms,
+                     anchor_lat, anchor_lon, kx, dwell_id, head, pending) = self._load(st)
+                last_seen = ts
+                acc = p.accuracy_m
+                if acc > max_acc:
+                    continue  # too vague to place; it did refresh the gap timer above
+                acc = round(acc)  # whole metres, as stored in the state: trims subtract exactly
+                lat = p.lat
+                lon = p.lon
+            if n:
+                x = (lon - anchor_lon) * kx
+                y = (lat - anchor_lat) * M_PER_DEG_LAT
+                dx = x - sx / sw
+                dy = y - sy / sw
+                d = sqrt(dx * dx + dy * dy)
+                slack = acc * slack_frac
+                if slack > slack_max:
+                    slack = slack_max
+                if d > radius + slack:
+                    # Refed entries were rounded when first appended (again: same value).
+                    pending.append(
+                        [ts, lat, lon, acc] if refeed else [ts, round(lat, 7), round(lon, 7), acc]
+                    )
+                    if len(pending) >= pending_cap or (
+                        len(pending) >= confirm_pts and ts - pending[0][_P_TS] >= confirm_ms
+                    ):
+                        self._save(st, last_seen, n, sw, sx, sy, sq, last_in, last_core,
+                                   start_ms, anchor_ms, anchor_lat, anchor_lon, kx)
+                        if dwell_id is not None:
+                            self._close(st, "moved", ctx, out)
+                        self._reset(st)  # detaches `pending` from the state
+                        # The outside fixes are the start of whatever comes next.
+                        self._run(st, pending, ctx, out, True)
+                        (last_seen, n, sw, sx, sy, sq, last_in, last_core, start_ms, anchor_ms,
+                         anchor_lat, anchor_lon, kx, dwell_id, head, pending) = self._load(st)
+                    continue
+                if pending:
+                    pending.clear()  # the excursion was a glitch
+                if d <= core + slack:
+                    last_core = ts
+            else:  # the first fix of a stay anchors its local frame
+                anchor_ms = start_ms = last_core = ts
+                anchor_lat = lat
+                anchor_lon = lon
+                kx = M_PER_DEG_LAT * math.cos(math.radians(lat))
+                x = y = 0.0
+            # Add the fix to the stay. Only remember leading fixes while the head still holds
+            # every fix of the stay, so a trim never skips an unremembered fix.
+            if dwell_id is None and n < head_cap and len(head) == n:
+                # Whole metres (far below GPS noise) keep the state small; the sums get the
+                # same values so a trim removes exactly what was added.
+                x = round(x)
+                y = round(y)
+                head.append([ts - anchor_ms, x, y, acc])
+            w = (_WEIGHT_REF_M / (acc if acc > acc_floor else acc_floor)) ** 2
+            n += 1
+            sw += w
+            sx += w * x
+            sy += w * y
+            sq += w * (x * x + y * y)
+            last_in = ts
+            # n > 1: not the stay's first fix (a stay opens on a later fix).
+            if dwell_id is None and n > 1 and ts - start_ms >= min_ms:
+                self._save(st, last_seen, n, sw, sx, sy, sq, last_in, last_core, start_ms,
+                           anchor_ms, anchor_lat, anchor_lon, kx)
                 self._try_open(st, ctx, out)
-            return
-        st.pending.append([ts, round(lat, 7), round(lon, 7), acc])
-        pend = st.pending
-        if len(pend) >= self._pending_cap or (
-            len(pend) >= self._confirm_pts and ts - pend[0][_P_TS] >= self._confirm_ms
-        ):
-            if st.dwell_id is not None:
-                self._close(st, "moved", ctx, out)
-            self._reset(st)
-            # The outside fixes are the start of whatever comes next.
-            for q in pend:
-                self._feed(st, int(q[_P_TS]), q[_P_LAT], q[_P_LON], q[_P_ACC], ctx, out)
+                (last_seen, n, sw, sx, sy, sq, last_in, last_core, start_ms, anchor_ms,
+                 anchor_lat, anchor_lon, kx, dwell_id, head, pending) = self._load(st)
+        self._save(st, last_seen, n, sw, sx, sy, sq, last_in, last_core, start_ms, anchor_ms,
+                   anchor_lat, anchor_lon, kx)
+
+    @staticmethod
+    def _load(st: DwellState) -> tuple[Any, ...]:
+        return (st.last_seen_ms, st.n, st.sw, st.sx, st.sy, st.sq, st.last_in_ms,
+                st.last_core_ms, st.start_ms, st.anchor_ms, st.anchor_lat, st.anchor_lon, st.kx,
+                st.dwell_id, st.head, st.pending)
+
+    @staticmethod
+    def _save(st: DwellState, last_seen: int, n: int, sw: float, sx: float, sy: float,
+              sq: float, last_in: int, last_core: int, start_ms: int, anchor_ms: int,
+              anchor_lat: float, anchor_lon: float, kx: float) -> None:
+        st.last_seen_ms, st.n, st.sw, st.sx, st.sy, st.sq = last_seen, n, sw, sx, sy, sq
+        st.last_in_ms, st.last_core_ms, st.start_ms, st.anchor_ms = (
+            last_in, last_core, start_ms, anchor_ms)
+        st.anchor_lat, st.anchor_lon, st.kx = anchor_lat, anchor_lon, kx
+
+    # fmt: on
 
     def _weight(self, acc: float) -> float:
         a = acc if acc > self._acc_floor else self._acc_floor
         return (_WEIGHT_REF_M / a) ** 2
-
-    def _start(self, st: DwellState, ts: int, lat: float, lon: float, acc: float) -> None:
-        st.anchor_ms = ts
-        st.anchor_lat = lat
-        st.anchor_lon = lon
-        st.kx = M_PER_DEG_LAT * math.cos(math.radians(lat))
-        st.start_ms = ts
-        st.last_core_ms = ts
-        self._add(st, ts, 0.0, 0.0, acc)
-
-    def _add(self, st: DwellState, ts: int, x: float, y: float, acc: float) -> None:
-        # Only remember leading fixes while the head still holds every fix of the stay, so a
-        # trim never skips an unremembered fix.
-        if st.dwell_id is None and len(st.head) == st.n and st.n < self._head_cap:
-            # Whole metres (far below GPS noise) keep the state small; the sums get the same
-            # values so a trim removes exactly what was added.
-            x = round(x)
-            y = round(y)
-            st.head.append([ts - st.anchor_ms, x, y, acc])
-        w = self._weight(acc)
-        st.n += 1
-        st.sw += w
-        st.sx += w * x
-        st.sy += w * y
-        st.sq += w * (x * x + y * y)
-        st.last_in_ms = ts
 
     def _try_open(self, st: DwellState, ctx: Ctx, out: Result) -> None:
         self._trim_approach(st)

@@ -303,6 +303,22 @@ class SpoofDetector:
         self.replay_min_matches = max(1, self.p.replay_min_matches)
         self.replay_gap_ms = self.p.replay_day_gap_s * 1000
         self.replay_max_ms = self.p.replay_day_max_s * 1000
+        self.replay_k = self.p.replay_k
+        p = self.p
+        # What `process` reads per fix, unpacked once per batch.
+        self._consts = (
+            p.clock_skew_s * 1000,
+            p.clock_behind_min_uploads > 0,
+            p.static_max_accuracy_m,
+            p.static_max_gap_s * 1000,
+            p.unknown_accuracy_m,
+            p.stale_eps_m,
+            min(p.jump_back_min_m, p.teleport_min_m),
+            p.replay_min_speed_mps,
+            p.constant_accuracy_min_fixes,
+            p.constant_accuracy_min_moving,
+            p.constant_accuracy_perfect_frac,
+        )
 
     def initial_state(self) -> SpoofState:
         return SpoofState()
@@ -407,29 +423,81 @@ class SpoofDetector:
     # ---- pings ----------------------------------------------------------------------------
 
     def process(self, state: SpoofState, pings: list[Ping], ctx: Ctx, out: Result) -> None:
+        """The rules per fix. The common path of each (the same upload as the previous fix, a
+        fix that moved, no pending jump) is written out here: per-fix calls and attribute
+        lookups were most of this processor's cost; anything else goes to the rule's method,
+        which decides afresh (the checks here are its own first steps)."""
+        (skew_ms, behind_on, static_max_acc, static_gap_ms, unknown_acc, stale_eps, jump_min,
+         replay_speed, ca_min_fixes, ca_min_moving, ca_frac) = self._consts  # fmt: skip
+        hypot = math.hypot
+        cos = math.cos
+        episodes = state.episodes
+        mock = episodes.get("mock")
         mock_first: Ping | None = None
         mock_start = 0
         mock_count = 0
         for ping in pings:
-            if ping.received_ms:
-                self.observe_clock(state, ping, ctx, out)
+            ts = ping.ts_ms
+            recv = ping.received_ms
+            if recv:
+                up = state.upload
+                if behind_on and up is not None and recv == up[0] and ts - recv <= skew_ms:
+                    if recv - ts < up[1]:  # the upload's freshest fix so far
+                        up[1] = recv - ts
+                else:
+                    self.observe_clock(state, ping, ctx, out)
             if ping.is_mock:
-                start = self._mock_episode(state, ping.ts_ms)
+                start = self._mock_episode(state, ts)
                 if start is not None:
                     if mock_first is not None:  # a second episode inside one batch
                         self._mock_alert(ctx, out, mock_first, mock_start, mock_count)
                     mock_first, mock_start, mock_count = ping, start, 0
                 mock_count += 1
+                mock = episodes.get("mock")
                 continue
-            mock = state.episodes.get("mock")
-            if mock is not None and ping.ts_ms > mock[1]:
-                state.real_after_mock_ms = ping.ts_ms
-            self._static(state, ping, ctx, out)
-            self._constant_accuracy(state, ping, ctx, out)
-            if ping.accuracy_m > self.p.unknown_accuracy_m:
-                self._jumps(state, ping, ctx, out)
+            if mock is not None and ts > mock[1]:
+                state.real_after_mock_ms = ts
+            lat = ping.lat
+            lon = ping.lon
+            acc = ping.accuracy_m
+            # Rule 5: a fix that starts a new static run.
+            if acc <= static_max_acc:
+                run = state.static
+                if run is None or lat != run[2] or lon != run[3] or ts - run[1] > static_gap_ms:
+                    state.static = [ts, ts, lat, lon, acc, 1]
+                    state.static_jump_m = 0.0
+                else:
+                    self._static(state, ping, ctx, out)
+            # Rule 6: count the run of equal accuracies and its moving triples.
+            run = state.acc_run
+            if run is None or run[0] != acc:
+                run = state.acc_run = [acc, 0, ts, 0, 0]
+            run[1] += 1
+            a, b = state.prev2, state.prev
+            if a is not None and b is not None and run[1] >= 3:
+                self._triple(run, a, b, ping)
+            state.prev2 = b
+            state.prev = [ts, lat, lon]
+            if run[1] >= ca_min_fixes and run[3] >= ca_min_moving and run[4] >= ca_frac * run[3]:
+                self._constant_accuracy_alert(state, run, ping, ctx, out)
+            # Rules 3-4: a fix near the last on-track one (no pending jump) just moves it.
+            if acc > unknown_acc:
+                anchor = state.anchor
+                if state.excursion is None and anchor is not None:
+                    alat = anchor[LAT]  # _dist_m, written out
+                    d = hypot((lon - anchor[LON]) * cos((alat + lat) * 0.5 * _DEG), lat - alat)
+                    d *= M_PER_DEG_LAT
+                    if d <= stale_eps:  # frozen/cached position: keep when it was first seen
+                        state.anchor = [ts, lat, lon, acc]
+                    elif d > jump_min:
+                        self._jumps(state, ping, ctx, out)
+                    else:
+                        state.anchor = [ts, lat, lon, acc]
+                        state.anchor_since_ms = ts
+                else:
+                    self._jumps(state, ping, ctx, out)
             speed = ping.speed_mps
-            if speed is not None and speed >= self.p.replay_min_speed_mps:
+            if speed is not None and speed >= replay_speed:
                 self._replay(state, ping, ctx, out)
         if mock_first is not None:
             self._mock_alert(ctx, out, mock_first, mock_start, mock_count)
@@ -460,34 +528,37 @@ class SpoofDetector:
     def _replay(self, state: SpoofState, ping: Ping, ctx: Ctx, out: Result) -> None:
         """One moving fix: day change, fingerprint lookup and update (one hash, two compares
         on the common path: bottom-k hashes are all below the fingerprint's largest)."""
-        p = self.p
         times = state.fp_times
         ts = ping.ts_ms
+        min_matches = self.replay_min_matches
         if times is None:
             times = state.fp_times = [ts, ts, 0]
         elif ts - times[1] > self.replay_gap_ms or ts - times[0] > self.replay_max_ms:
             # A new day; one with too few moving fixes to ever prove a replay keeps the last.
-            if len(state.fp_today) >= self.replay_min_matches:
+            if len(state.fp_today) >= min_matches:
                 state.fp_prev, times[2] = state.fp_today, times[0]
             state.fp_today = array("I")
             state.fp_hits = []
             times[0] = ts
-        times[1] = max(times[1], ts)
+        if ts > times[1]:
+            times[1] = ts
         h = hash((round(ping.lat * 1e7), round(ping.lon * 1e7))) & _HASH_MASK  # position_hash
         prev = state.fp_prev
+        hits = state.fp_hits  # `_replay_match` appends to this list
         if prev and h <= prev[-1] and h in prev:
             prev.remove(h)  # each exact position of the earlier day counts once
-            if len(state.fp_hits) < self.replay_min_matches:
+            if len(hits) < min_matches:
                 self._replay_match(state, ping, ctx, out)
-        if len(state.fp_hits) >= self.replay_min_matches:  # today is a replay: extend it
+        if len(hits) >= min_matches:  # today is a replay: extend it
             episode = state.episodes["replay"]
             episode[1] = max(episode[1], ts)
         today = state.fp_today
-        if len(today) < p.replay_k or h < today[-1]:
+        k = self.replay_k
+        if len(today) < k or h < today[-1]:
             i = bisect.bisect_left(today, h)
             if i == len(today) or today[i] != h:
                 today.insert(i, h)
-                if len(today) > p.replay_k:
+                if len(today) > k:
                     today.pop()
 
     def _replay_match(self, state: SpoofState, ping: Ping, ctx: Ctx, out: Result) -> None:
@@ -691,23 +762,11 @@ class SpoofDetector:
 
     # ---- rule 6: constant accuracy on a perfect route -------------------------------------
 
-    def _constant_accuracy(self, state: SpoofState, ping: Ping, ctx: Ctx, out: Result) -> None:
+    def _constant_accuracy_alert(
+        self, state: SpoofState, run: list[float], ping: Ping, ctx: Ctx, out: Result
+    ) -> None:
+        """The run (counted in `process`) qualifies: open or extend the episode."""
         p = self.p
-        run = state.acc_run
-        if run is None or run[0] != ping.accuracy_m:
-            run = state.acc_run = [ping.accuracy_m, 0, ping.ts_ms, 0, 0]
-        run[1] += 1
-        a, b = state.prev2, state.prev
-        if a is not None and b is not None and run[1] >= 3:
-            self._triple(run, a, b, ping)
-        state.prev2 = b
-        state.prev = [ping.ts_ms, ping.lat, ping.lon]
-        if (
-            run[1] < p.constant_accuracy_min_fixes
-            or run[3] < p.constant_accuracy_min_moving
-            or run[4] < p.constant_accuracy_perfect_frac * run[3]
-        ):
-            return
         start = self._episode(state, "constant_accuracy", int(run[2]), p.episode_gap_s)
         if start is None:
             return
