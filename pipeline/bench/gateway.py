@@ -78,7 +78,7 @@ class Params:
 
 SIZES = {
     "full": Params(),
-    "quick": Params(devices=1000, seconds=5.0, profile_seconds=3.0, drain_timeout_s=30.0),
+    "quick": Params(devices=1000, seconds=3.0, profile_seconds=2.0, drain_timeout_s=30.0),
     "tiny": Params(
         devices=400,
         seconds=2.0,
