@@ -129,7 +129,7 @@ def test_fast_path_agrees_with_detailed_check() -> None:
 
 
 def test_batch_fast_path_rejects_exactly_what_check_rejects() -> None:
-    """`process` inlines the fast path with the batch's ids: same verdicts as `check`."""
+    """`process` screens with `check` plus the batch's ids: same verdicts as `check`."""
     v = validator()
     rnd = random.Random(5)
     weird = [None, math.nan, math.inf, -1.0, 0.0, 45.0, 400.0, "x"]

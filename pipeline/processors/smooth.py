@@ -412,28 +412,11 @@ class Smoother:
             elif reported <= _STILL_REPORTED_MPS:
                 hx = hy = 0.0
         rv = self._rv
-        # Steady motion first (`_predict` with the process noise, inlined: it is every
-        # ping's path); the manoeuvre noise only if this fix would be a spike with it, or
-        # recent fixes keep surprising the filter.
-        q = self._q
-        a = a_pred + q * dt * dt * dt / 3.0
-        b = b_pred + q * dt * dt * 0.5
-        c = c0 + q * dt
-        ex = x0 + x2 * dt
-        ey = x1 + x3 * dt
-        vx, vy = x2, x3
-        fused = False
-        if hx == hx:  # not NaN
-            svv = c + rv
-            jx = hx - vx
-            jy = hy - vy
-            dv = _MAX_ACCEL_MPS2 * dt
-            if jx * jx + jy * jy <= _VELOCITY_GATE * svv + dv * dv:
-                ga = b / svv
-                gb = c / svv
-                ex, ey, vx, vy = ex + ga * jx, ey + ga * jy, vx + gb * jx, vy + gb * jy
-                a, b, c = a - ga * b, b - ga * c, c - gb * c
-                fused = True
+        # Steady motion first; the manoeuvre noise only if this fix would be a spike with it,
+        # or recent fixes keep surprising the filter.
+        ex, ey, vx, vy, a, b, c, fused = self._predict(
+            x, dt, a_pred, b_pred, c0, self._q, hx, hy, rv
+        )
         ix = zx - ex
         iy = zy - ey
         innov2 = ix * ix + iy * iy

@@ -366,46 +366,7 @@ class Validator:
         now = ctx.now_ms
         counters = out.counters
         valid: list[Ping] = []
-        org_id = ctx.org_id
-        device_id = ctx.device_id
-        # `check`'s fast path inlined with this batch's bounds, the ids compared with the
-        # batch's (non-empty strings, so equal ids pass `check` too); only a ping that fails it
-        # pays for the call and the detailed reason.
-        oldest = now - self._retention_ms
-        newest = now + self._future_ms
-        max_accuracy = self._max_accuracy
-        fast = type(org_id) is str and org_id and type(device_id) is str and device_id
         for p in pings:
-            if fast:
-                try:
-                    ts = p.ts_ms
-                    lat = p.lat
-                    lon = p.lon
-                    speed = p.speed_mps
-                    bearing = p.bearing_deg
-                    altitude = p.altitude_m
-                    battery = p.battery_pct
-                    if (
-                        type(ts) is int
-                        and oldest <= ts <= newest
-                        and -90.0 <= lat <= 90.0
-                        and -180.0 <= lon <= 180.0
-                        and (lat != 0.0 or lon != 0.0)
-                        and 0.0 <= p.accuracy_m <= max_accuracy
-                        and type(p.seq) is int
-                        and p.seq >= 0
-                        and p.provider in PROVIDERS
-                        and (speed is None or 0.0 <= speed < _INF)
-                        and (bearing is None or 0.0 <= bearing <= 360.0)
-                        and (altitude is None or -_INF < altitude < _INF)
-                        and (battery is None or 0.0 <= battery <= 100.0)
-                        and p.device_id == device_id
-                        and p.org_id == org_id
-                    ):
-                        valid.append(p)
-                        continue
-                except TypeError:
-                    pass
             reason = self.check(p, now)
             if reason is None and (p.device_id != ctx.device_id or p.org_id != ctx.org_id):
                 reason = (

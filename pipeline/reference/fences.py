@@ -225,10 +225,10 @@ class FenceIndex:
         """`near` for a batch of points in one vectorised pass; optionally one org's fences."""
         n_points = len(lats)
         result: list[list[tuple[Fence, float]]] = [[] for _ in range(n_points)]
-        found = self._candidates(lats, lons, margins_m, org_id)
+        found = self._batch_candidates(lats, lons, margins_m, org_id) if n_points else None
         if found is None:
             return result
-        lat, lon, margin, qi, fi = found
+        lat, lon, margin, qi, fi, _ = found  # sorted below either way
         signed = self._signed(fi, lat[qi], lon[qi])
         keep = signed <= margin[qi]
         order = np.lexsort((fi[keep], qi[keep]))
@@ -328,10 +328,11 @@ class FenceIndex:
         margins_m: Sequence[float],
         org_id: str | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool] | None:
-        """`_candidates` for the points of one device's batch, which lie close together: one
-        tree query with their common envelope, then each point's own box test on the few
-        fences found (the same pairs, for a fraction of the cost of one query per point).
-        The last item says whether the pairs are sorted by (point, fence)."""
+        """(lat, lon, margin) as arrays and the bounding-box candidates of each point (point
+        index, fence position); None when there are none. Points that lie close together (one
+        device's batch) take one tree query with their common envelope, then each point's own
+        box test on the few fences found (the same pairs, for a fraction of the cost of one
+        query per point). The last item says whether the pairs are sorted by (point, fence)."""
         if not self.fences:
             return None
         if org_id is not None and org_id not in self._org_code:
@@ -401,35 +402,6 @@ class FenceIndex:
         dist = shapely.distance(self._boundary[fi], shapely.points(xy))
         inside = shapely.contains_xy(self._projected[fi], xy[:, 0], xy[:, 1])
         return np.negative(dist, out=dist, where=inside)
-
-    def _candidates(
-        self,
-        lats: Sequence[float],
-        lons: Sequence[float],
-        margins_m: Sequence[float],
-        org_id: str | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-        """(lat, lon, margin) as arrays and the bounding-box candidates of each point (point
-        index, fence position); None when there are none."""
-        if not self.fences or not len(lats):
-            return None
-        if org_id is not None and org_id not in self._org_code:
-            return None
-        lat = np.asarray(lats, dtype=np.float64)
-        lon = np.asarray(lons, dtype=np.float64)
-        margin = np.asarray(margins_m, dtype=np.float64)
-        dlat = margin / M_PER_DEG_LAT
-        dlon = margin * _LON_BOX_SLACK / (M_PER_DEG_LAT * np.maximum(1e-6, np.cos(np.radians(lat))))
-        pairs = self._tree.query(shapely.box(lon - dlon, lat - dlat, lon + dlon, lat + dlat))
-        if not pairs.shape[1]:
-            return None
-        qi, fi = pairs[0], pairs[1]
-        if org_id is not None and len(self._org_code) > 1:
-            keep = self._fence_org[fi] == self._org_code[org_id]
-            qi, fi = qi[keep], fi[keep]
-            if not qi.size:
-                return None
-        return lat, lon, margin, qi, fi
 
 
 def _haversine(

@@ -78,15 +78,19 @@ async def consumer_lag(settings: KafkaSettings, group: str, topics: list[str]) -
     try:
         parts = [TopicPartition(t, p) for t in topics for p in range(settings.partitions)]
         ends = await consumer.end_offsets(parts)
-        committed = await admin.list_consumer_group_offsets(group, partitions=parts)
-        lag = {}
-        for tp in parts:
-            done = committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0
-            lag[f"{tp.topic}[{tp.partition}]"] = ends[tp] - done
-        return lag
+        done = await committed_offsets(admin, group, parts)
+        return {f"{tp.topic}[{tp.partition}]": ends[tp] - done[tp] for tp in parts}
     finally:
         await consumer.stop()
         await admin.close()
+
+
+async def committed_offsets(
+    admin: AIOKafkaAdminClient, group: str, parts: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The next offset `group` will read in each partition (0 where it never committed)."""
+    committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+    return {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in parts}
 
 
 async def wait_drained(

@@ -47,7 +47,7 @@ from pipeline.processors.base import Result
 from pipeline.stream import records
 from pipeline.stream.records import Tick
 from pipeline.stream.reference import ReferenceFeed
-from pipeline.stream.topics import Topics
+from pipeline.stream.topics import Topics, committed_offsets
 from pipeline.topology import PipelineState, Topology
 
 log = logging.getLogger(__name__)
@@ -324,10 +324,7 @@ class StallWatchdog:
             if self.admin is None:
                 self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
                 await self.admin.start()
-            offsets = await self.admin.list_consumer_group_offsets(
-                self.worker.app.conf.id, partitions=unknown
-            )
-            committed = {tp: max(0, o.offset) for tp, o in offsets.items()}
+            committed = await committed_offsets(self.admin, self.worker.app.conf.id, unknown)
         waiting = []
         for tp in tps:
             key = (tp.topic, tp.partition)
