@@ -106,3 +106,31 @@ def test_no_schedule_or_disabled_keeps_everything() -> None:
     disabled = PrivacyFilter(PrivacyParams(enabled=False))
     assert disabled.process(pings, Ctx(ORG, DEV, 0, ReferenceData(), OFFICE), out) == pings
     assert out.counters == {}
+
+
+def test_memoised_schedule_answers_like_a_fresh_one_across_dst_and_odd_offsets() -> None:
+    """`is_active` remembers answers per UTC minute; every answer must equal an unmemoised
+    one: across both Berlin DST changes (minute by minute), in a half-hour zone, and in 1890
+    Amsterdam (+00:19:32 local mean time: a UTC minute spans two local minutes, not memoised)."""
+    cases = [
+        ("Europe/Berlin", dt.datetime(2026, 3, 29, 0, 30, tzinfo=dt.UTC), 180),
+        ("Europe/Berlin", dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC), 180),
+        ("Asia/Kolkata", dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.UTC), 120),
+        ("Europe/Amsterdam", dt.datetime(1890, 6, 2, 7, 30, tzinfo=dt.UTC), 60),
+    ]
+    for tz, start, minutes in cases:
+        local_start = start.astimezone(ZoneInfo(tz))
+        begin = (local_start.hour * 60 + local_start.minute + 10) % 1440
+        spec = {"tz": tz, "days": "mon-sun", "start": f"{begin // 60:02d}:{begin % 60:02d}"}
+        memoised = Schedule.parse({**spec, "end": "23:59"})
+        base = int(start.timestamp() * 1000)
+        changes = 0
+        for second in range(0, minutes * 60, 7):  # every 7 s: many per minute, both edges
+            ts = base + second * 1000
+            fresh = Schedule.parse({**spec, "end": "23:59"}).is_active(ts)
+            assert memoised.is_active(ts) == fresh, (tz, ts)
+            changes += fresh
+        assert 0 < changes < minutes * 60 // 7  # the window holds a start of the hours
+    lmt = Schedule.parse({"tz": "Europe/Amsterdam", "days": "mon-sun", "start": "08:00"})
+    lmt.is_active(int(dt.datetime(1890, 6, 2, 7, 40, tzinfo=dt.UTC).timestamp() * 1000))
+    assert not lmt._memo  # a UTC minute is not one local minute there

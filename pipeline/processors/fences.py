@@ -241,7 +241,6 @@ class FenceTracker:
         self._grace_ms = int(p.silent_grace_s * 1000)
         self._confirm = max(1, p.confirm_fixes)
         self._jump_hold_ms = int(p.jump_hold_s * 1000)
-        self._active_memo: dict[int, tuple[Schedule, dict[int, bool]]] = {}  # see `_active`
 
     def initial_state(self) -> FenceState:
         return FenceState()
@@ -280,7 +279,7 @@ class FenceTracker:
                 if (
                     pt.flags & _MOCK
                     or (previous is not None and ts - previous >= _SHIFT_GAP_MS)
-                    or (schedules and not all([self._active(sch, ts) for sch in schedules]))
+                    or (schedules and not all([sch.is_active(ts) for sch in schedules]))
                 ):
                     break
                 previous = ts
@@ -320,7 +319,7 @@ class FenceTracker:
                     steady = False
                 elif type(near) is _Deep and not near.foreign:
                     steady = inside.keys() == near.ids and (
-                        not near.schedules or all([self._active(sch, ts) for sch in near.schedules])
+                        not near.schedules or all([sch.is_active(ts) for sch in near.schedules])
                     )
                 else:
                     steady = len(near) == len(inside)
@@ -331,7 +330,7 @@ class FenceTracker:
                                 distance > 0.0
                                 or fence.fence_id not in inside
                                 or fence.org_id != org_id
-                                or (schedule is not None and not self._active(schedule, ts))
+                                or (schedule is not None and not schedule.is_active(ts))
                             ):
                                 steady = False
                                 break
@@ -378,28 +377,6 @@ class FenceTracker:
                 pt.raw_lon,
                 pt.accuracy_m,
             )
-
-    def _active(self, schedule: Schedule, ts: int) -> bool:
-        """`schedule.is_active(ts)`, memoised per UTC minute (a schedule is minute-grained;
-        zones whose offset is not whole minutes are not memoised)."""
-        minute = ts // 60_000
-        entry = self._active_memo.get(id(schedule))
-        if entry is not None and entry[0] is schedule:
-            active = entry[1].get(minute)
-            if active is not None:
-                return active
-        active = schedule.is_active(ts)
-        offset = dt.datetime.fromtimestamp(ts / 1000.0, ZoneInfo(schedule.tz)).utcoffset()
-        if offset is not None and offset.total_seconds() % 60 == 0:
-            if entry is None or entry[0] is not schedule:
-                if len(self._active_memo) >= 1024:
-                    self._active_memo.clear()
-                # The entry holds the schedule, so its id cannot be reused while memoised.
-                entry = self._active_memo[id(schedule)] = (schedule, {})
-            if len(entry[1]) >= 64:
-                entry[1].clear()
-            entry[1][minute] = active
-        return active
 
     def _near(
         self,
@@ -540,7 +517,7 @@ class FenceTracker:
         for fence, distance in near:
             if fence.org_id != ctx.org_id:
                 continue
-            if fence.schedule is not None and not self._active(fence.schedule, ts):
+            if fence.schedule is not None and not fence.schedule.is_active(ts):
                 self._forget(state, fence.fence_id)  # an inactive fence does not exist
                 continue
             seen.add(fence.fence_id)
