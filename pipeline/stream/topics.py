@@ -143,6 +143,27 @@ async def create_topics(settings: KafkaSettings) -> list[str]:
             # another process may have created them meanwhile
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
+            await _until_led(admin, [t.name for t in wanted])
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+async def _until_led(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Waits until every partition of the new topics has a leader: a client that uses a topic
+    the moment it is created otherwise logs a burst of "not found in cluster metadata" /
+    NotLeaderForPartition errors while the controller catches up (it retries; this is for
+    quiet logs and a prompt start)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        if len(described) == len(names) and all(
+            not t["error_code"]
+            and t["partitions"]
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            return  # the clients still retry; not worth failing over
+        await asyncio.sleep(0.1)
