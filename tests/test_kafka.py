@@ -8,6 +8,7 @@ or Maven they are skipped with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import io
 import os
@@ -37,7 +38,7 @@ from pipeline.store.reference import save_customers, save_fences
 from pipeline.stream import records
 from pipeline.stream.service import KafkaGateway
 from pipeline.stream.ticks import TickDriver
-from pipeline.stream.topics import Topics, wait_drained
+from pipeline.stream.topics import Topics, delete_topics, wait_drained
 from pipeline.stream.worker import StallWatchdog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,6 +238,8 @@ class Rig:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        with contextlib.suppress(Exception):  # leftover topics only slow the broker's restarts
+            asyncio.run(delete_topics(self.settings.kafka))
 
     def stored_facts(self) -> dict[str, set[tuple[Any, ...]]]:
         store = Store(self.settings.store)
@@ -427,6 +430,7 @@ def test_broker_down_gateway_answers_503_and_loses_nothing_it_acknowledged(
         return seen
 
     assert set(acked) <= asyncio.run(read_back())  # every 202 is in the log
+    rig.stop_all()
 
 
 def test_alerts_tail_prints_what_ops_need() -> None:

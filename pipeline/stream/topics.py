@@ -149,6 +149,21 @@ async def create_topics(settings: KafkaSettings) -> list[str]:
         await admin.close()
 
 
+async def delete_topics(settings: KafkaSettings) -> list[str]:
+    """Deletes every topic of this deployment's prefix (Faust's internal ones too): for test
+    and benchmark deployments, whose thousands of leftover partitions otherwise make the
+    local broker's start and stop take 30 s instead of 5. Returns the names deleted."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)]
+        if names and settings.topic_prefix:
+            await admin.delete_topics(names)
+        return names
+    finally:
+        await admin.close()
+
+
 async def _until_led(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
     """Waits until every partition of the new topics has a leader: a client that uses a topic
     the moment it is created otherwise logs a burst of "not found in cluster metadata" /
