@@ -34,7 +34,7 @@ evaluate: $(STAMP)
 
 # make bench: benchmarks 1-6 of issue 7 (tables printed, JSON appended to bench/results/);
 # the trackintel baseline needs the [eval] extra, the Kafka one starts the local broker
-# (kafka-up) unless it runs. make bench-quick: ~3 min.
+# (kafka-up) unless it runs. make bench-quick: ~2 min.
 bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e ".[eval]"
 	$(VENV)/bin/fieldtrack bench $(ARGS)

@@ -766,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="benchmarks: processor core, fences, state, store, gateway, kafka"
     )
-    bench.add_argument("--quick", action="store_true", help="smaller sizes (about 3 minutes)")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes (about 2 minutes)")
     bench.add_argument(
         "--only", action="extend", nargs="+", metavar="NAME",
         help="only these benchmarks (core, fences, state, store, gateway, kafka)",
