@@ -114,6 +114,7 @@ def test_provisioning_points_at_the_dashboards() -> None:
 
 def test_deploy_yaml_parses() -> None:
     import yaml  # the [dev] extra
+
     for path_ in [*GRAFANA.rglob("*.yaml"), ROOT / "deploy" / "docker-compose.yml"]:
         assert yaml.safe_load(path_.read_text()), path_
 
