@@ -408,7 +408,8 @@ class FenceTracker:
         factor = REUSE_MARGIN_FACTOR
         sqrt = math.sqrt
         nears: list[Near] = [_NO_FENCES] * n
-        undecided: list[int] = []  # fixes whose anchor fences are measured
+        undecided: list[int] = []  # fixes whose anchor fences near a border are measured
+        moves: dict[int, float] = {}  # of each undecided fix: how far it is from the anchor
         queried: list[int] = []  # fixes looked up in the index
         memo = state.near_memo
         last_move = _INF
@@ -427,6 +428,7 @@ class FenceTracker:
                         continue
                     if move <= _REANCHOR_M:
                         undecided.append(i)
+                        moves[i] = move
                         continue
                 queried.append(i)
             last_move = move
@@ -464,10 +466,14 @@ class FenceTracker:
         pair_lons: list[float] = []
         for i in undecided:
             pt = points[i]
+            reach = moves[i] + margins[i]
             for fd in cands:
-                pair_positions.append(fd[2])
-                pair_lats.append(pt.lat)
-                pair_lons.append(pt.lon)
+                # Only fences whose border may be within the margin: the others are decided
+                # from the anchor like a deep fix's (below).
+                if -reach <= fd[1] <= reach:
+                    pair_positions.append(fd[2])
+                    pair_lats.append(pt.lat)
+                    pair_lons.append(pt.lon)
         hoods, kx, pair_signed = index.lookup(
             lats, lons, radii, org_id, pair_positions, pair_lats, pair_lons
         )
@@ -487,11 +493,18 @@ class FenceTracker:
             signed = iter(pair_signed)
             for i in undecided:
                 margin = margins[i]
+                reach = moves[i] + margin
                 near = []
                 for fd in cands:
-                    distance = next(signed)
-                    if distance <= margin:
-                        near.append((fd[0], distance))
+                    distance = fd[1]
+                    if distance > reach:
+                        continue  # outside, beyond the margin
+                    if distance >= -reach:
+                        distance = next(signed)
+                        if distance > margin:
+                            continue
+                    # else deeper inside than the margin: the anchor's distance serves
+                    near.append((fd[0], distance))
                 nears[i] = near
         return nears
 
