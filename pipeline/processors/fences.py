@@ -397,10 +397,12 @@ class FenceTracker:
         deeper inside than the margin. Those inside are reported with their distance at the
         anchor: like the true distance it is below -margin, so it compares with 0 and the
         margin exactly as the true one does (all the tracker uses). A fix nearer a border has
-        the anchor's fences measured; a fix out of reach (or near a border and more than
+        the anchor's fences whose border may be within its margin measured (the others are
+        decided alike, fence by fence); a fix out of reach (or near a border and more than
         `_REANCHOR_M` from the anchor) is looked up like `near_many` does; either way its
-        answer is exactly `near_many`'s. All of a batch's measuring is one `lookup`, which
-        also re-anchors at the batch's last fix.
+        answer is `near_many`'s, up to the reported distance of fences it is deep inside.
+        All of a batch's measuring is one `lookup`, which also re-anchors at the batch's last
+        fix.
         """
         n = len(points)
         m_lat = M_PER_DEG_LAT
