@@ -56,17 +56,25 @@ def save_fences(store: Store, features: list[dict[str, Any]], org_id: str) -> in
 
 
 def save_device(store: Store, token_hash: str, device: DeviceInfo) -> None:
-    schedule = json.dumps(device.schedule.to_spec()) if device.schedule else ""
+    save_devices(store, [(token_hash, device)])
+
+
+def save_devices(store: Store, devices: list[tuple[str, DeviceInfo]]) -> None:
+    """(token hash, device) pairs in one insert: an insert costs chDB ~15 ms however small,
+    and a fleet registered at once (2,000 devices) took the Kafka sink 30 s one by one."""
+    if not devices:
+        return
+    now = _now_ms()
     store.insert(
         "devices",
         [
-            [device.org_id],
-            [device.device_id],
-            [device.name],
-            [token_hash],
-            [schedule],
-            [device.active],
-            [_now_ms()],
+            [d.org_id for _, d in devices],
+            [d.device_id for _, d in devices],
+            [d.name for _, d in devices],
+            [h for h, _ in devices],
+            [json.dumps(d.schedule.to_spec()) if d.schedule else "" for _, d in devices],
+            [d.active for _, d in devices],
+            [now] * len(devices),
         ],
         ("org_id", "device_id", "name", "token_hash", "schedule", "active", "updated"),
     )

@@ -24,7 +24,7 @@ from pipeline.events import DeadLetter, make_id
 from pipeline.metrics import Metrics
 from pipeline.reference.models import Customer
 from pipeline.store.client import Store
-from pipeline.store.reference import save_customers, save_device, save_fences
+from pipeline.store.reference import save_customers, save_devices, save_fences
 from pipeline.store.sink import Sink, StoreUnavailable
 from pipeline.stream.records import decode_for_store
 from pipeline.stream.reference import FenceFeature, RegisteredDevice, parse_reference
@@ -107,11 +107,13 @@ class KafkaSink:
         if customers:
             save_customers(self.store, customers)
         by_org: dict[str, list[dict[str, object]]] = {}
+        devices = []
         for item in items:
             if isinstance(item, FenceFeature):
                 by_org.setdefault(item.org_id, []).append(item.feature)
             elif isinstance(item, RegisteredDevice):
-                save_device(self.store, item.token_hash, item.device)
+                devices.append((item.token_hash, item.device))
+        save_devices(self.store, devices)
         for org_id, features in by_org.items():
             save_fences(self.store, features, org_id)
 
