@@ -63,6 +63,8 @@ class EmbeddedPipeline:
         self.topology = Topology(settings.processors)
         self.sink = Sink(store, settings.store, self.metrics)
         self.states: dict[DeviceKey, PipelineState] = {}
+        # device -> `Topology.next_tick_ms` of its state (absent: due; restored states are)
+        self._due: dict[DeviceKey, int] = {}
         self.queue: asyncio.Queue[tuple[DeviceBatch, float]] = asyncio.Queue(
             maxsize=settings.runner.queue_batches
         )
@@ -166,7 +168,9 @@ class EmbeddedPipeline:
         ctx = self.topology.context(
             self.reference, batch.org_id, batch.device_id, batch.received_ms
         )
-        result = self.topology.process(self._state(key), batch, ctx)
+        state = self._state(key)
+        result = self.topology.process(state, batch, ctx)
+        self._due[key] = self.topology.next_tick_ms(state)
         self.sink.submit(result, accepted_at)
         return result
 
@@ -174,9 +178,14 @@ class EmbeddedPipeline:
         """Run timers for every device at the clock's time (lost contact, reorder release)."""
         now = self.clock.now_ms() if now_ms is None else now_ms
         total = Result()
-        for (org_id, device_id), state in self.states.items():
+        due = self._due
+        for key, state in self.states.items():
+            if not final and due.get(key, 0) > now:
+                continue  # none of the device's timers is due (`Topology.next_tick_ms`)
+            org_id, device_id = key
             ctx = self.topology.context(self.reference, org_id, device_id, now)
             result = self.topology.tick(state, ctx, final=final)
+            due[key] = self.topology.next_tick_ms(state)
             if result.fact_count() or result.counters:
                 self.sink.submit(result)
                 total.extend(result)
@@ -261,9 +270,9 @@ class EmbeddedPipeline:
     def _load(self, data: dict[str, object]) -> None:
         started = time.monotonic()
         for item in data.get("devices", []):  # type: ignore[union-attr]
-            self.states[(item["org_id"], item["device_id"])] = PipelineState.from_dict(
-                item["state"]
-            )
+            key = (item["org_id"], item["device_id"])
+            self.states[key] = PipelineState.from_dict(item["state"])
+            self._due.pop(key, None)  # due at the next tick, which says when next
         log.info("restored %d device states in %.2fs", len(self.states), time.monotonic() - started)
         self.metrics.devices.set(len(self.states))
 

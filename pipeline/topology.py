@@ -141,6 +141,18 @@ class Topology:
             self._downstream(state, in_order, late, ctx, out)
         return out
 
+    def next_tick_ms(self, state: PipelineState) -> int:
+        """The earliest processing time at which `tick` can change anything for the device
+        (`NO_TIMER`: nothing until its next upload). Drivers skip the device's ticks before
+        it (not a final tick): with every device ticked every second, tick cost grew with
+        the fleet, idle devices included (5,000 devices took a fifth of a Kafka worker)."""
+        return min(
+            self.validator.next_tick_ms(state.validate),
+            self.contact.next_tick_ms(state.contact),
+            self.fences.next_tick_ms(state.fences),
+            self.dwell.next_tick_ms(state.dwell),
+        )
+
     def tick(self, state: PipelineState, ctx: Ctx, *, final: bool = False) -> Result:
         """Processing time moved on: release held pings, run timers.
 

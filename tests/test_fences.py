@@ -312,6 +312,7 @@ def test_tick_raises_left_post_for_a_device_gone_silent() -> None:
     points, exit_ts = leave_and_stay_out(at(10), 1)  # then silence
     out, state = run(tracker, points, index)
     assert out.alerts == []
+    assert tracker.next_tick_ms(state) == 0  # away from its post: every tick counts
     ctx = make_ctx(index)
     limit = exit_ts + 600_000 + 120_000  # limit plus the grace for pings in flight
     for now, expected in ((limit, 0), (limit + 500, 1), (limit + 60_000, 0)):

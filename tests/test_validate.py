@@ -10,7 +10,7 @@ import random
 import pytest
 
 from pipeline.events import AlertType, DeviceState, Ping, TrackFlag
-from pipeline.processors.base import Ctx, Result
+from pipeline.processors.base import NO_TIMER, Ctx, Result
 from pipeline.processors.validate import ValidateParams, ValidateState, Validator
 from pipeline.reference import ReferenceData
 from pipeline.topology import DeviceBatch, Topology
@@ -261,10 +261,12 @@ def test_held_pings_wait_for_the_hold_then_release_on_tick() -> None:
     state = v.initial_state()
     run(v, state, track(1, 3, NOW - 60_000), NOW)
     run(v, state, track(10, 3, NOW - 30_000), NOW + 500)  # gap: 4..9 never come
+    assert v.next_tick_ms(state) == NOW + 2_500  # what the drivers wait for
     assert v.release(state, ctx(NOW + 2_499)) == []
     released = v.release(state, ctx(NOW + 2_500))
     assert seqs(released) == [10, 11, 12]
     assert state.held == [] and state.released_seq == 12
+    assert v.next_tick_ms(state) == NO_TIMER
     # After the gap the run restarts at 10, so 13 is contiguous again and goes at once.
     in_order, _, _ = run(v, state, [ping(13, NOW - 14_000)], NOW + 3_000)
     assert seqs(in_order) == [13]

@@ -62,6 +62,11 @@ class Result:
         )
 
 
+# `next_tick_ms` of a device none of whose timers runs: its ticks can be skipped until an
+# upload arrives.
+NO_TIMER = 2**62
+
+
 class SerialisableState:
     """Mixin for processor state dataclasses: to/from a JSON-friendly dict.
 

@@ -118,7 +118,7 @@ from pipeline.events import (
     evidence,
     make_id,
 )
-from pipeline.processors.base import Ctx, Result, SerialisableState
+from pipeline.processors.base import NO_TIMER, Ctx, Result, SerialisableState
 from pipeline.reference.models import schedule_active
 
 __all__ = ["ContactMonitor", "ContactParams", "ContactState"]
@@ -349,6 +349,18 @@ class ContactMonitor:
                     state.last_battery_pct = float(p.battery_pct)
                     state.last_battery_ms = p.ts_ms
                 break
+
+    def next_tick_ms(self, state: ContactState) -> int:
+        """The earliest processing time at which `tick` may act: every tick while an episode
+        is open (its reason and restore are re-read), else once the silence passes the
+        shutdown threshold (the first point where `tick` looks further)."""
+        if state.episode_id is not None and state.episode_start_ms is not None:
+            return 0
+        last_rx = state.last_rx_ms
+        if last_rx is None or state.episode_id is not None or state.settled_rx_ms == last_rx:
+            return NO_TIMER
+        since = last_rx if state.silence_from_ms is None else min(state.silence_from_ms, last_rx)
+        return since + self._shutdown_ms + 1
 
     def tick(self, state: ContactState, ctx: Ctx, out: Result) -> None:
         """Processing time passed: close a restored episode, open one when the silence limit

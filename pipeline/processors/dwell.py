@@ -70,7 +70,7 @@ from typing import Any
 
 from pipeline.events import Dwell, DwellStatus, TrackPoint, Visit, VisitDoubt, make_id
 from pipeline.geo import M_PER_DEG_LAT
-from pipeline.processors.base import Ctx, Result, SerialisableState
+from pipeline.processors.base import NO_TIMER, Ctx, Result, SerialisableState
 
 # Head entries: [ms since the stay's anchor fix, x_m, y_m, accuracy_m]; pending entries:
 # [ts_ms, lat, lon, accuracy_m].
@@ -162,6 +162,10 @@ class DwellDetector:
 
     def process(self, state: DwellState, points: list[TrackPoint], ctx: Ctx, out: Result) -> None:
         self._run(state, points, ctx, out, False)
+
+    def next_tick_ms(self, state: DwellState) -> int:
+        """An open dwell closes at the first tick more than the gap after its last fix."""
+        return NO_TIMER if state.dwell_id is None else int(state.last_seen_ms + self._gap_ms) + 1
 
     def tick(self, state: DwellState, ctx: Ctx, out: Result, final: bool = False) -> None:
         if final:

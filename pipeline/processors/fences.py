@@ -109,7 +109,7 @@ from pipeline.events import (
     make_id,
 )
 from pipeline.geo import M_PER_DEG_LAT
-from pipeline.processors.base import Ctx, Result, SerialisableState
+from pipeline.processors.base import NO_TIMER, Ctx, Result, SerialisableState
 from pipeline.reference.fences import REUSE_MARGIN_FACTOR, REUSE_MAX_ABS_LAT, FenceIndex
 from pipeline.reference.models import Fence, Schedule, schedule_active
 
@@ -509,6 +509,10 @@ class FenceTracker:
                     near.append((fd[0], distance))
                 nears[i] = near
         return nears
+
+    def next_tick_ms(self, state: FenceState) -> int:
+        """`tick` acts only for a device that left a post: every tick then."""
+        return 0 if state.away and state.last is not None else NO_TIMER
 
     def tick(self, state: FenceState, ctx: Ctx, out: Result) -> None:
         """Processing time passed: raise left-post for a device silent since it left."""

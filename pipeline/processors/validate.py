@@ -122,7 +122,7 @@ from operator import attrgetter
 from typing import Any, ClassVar, Self
 
 from pipeline.events import DEVICE_STATE_KINDS, PROVIDERS, DeadLetter, DeviceState, Ping, make_id
-from pipeline.processors.base import Ctx, Result, SerialisableState
+from pipeline.processors.base import NO_TIMER, Ctx, Result, SerialisableState
 
 _INF = math.inf
 _BY_TS = attrgetter("ts_ms")
@@ -449,6 +449,11 @@ class Validator:
             self._release_front(state, ctx, excess, in_order)
             self._drain(state, ctx, now, False, in_order)
         return in_order, late
+
+    def next_tick_ms(self, state: ValidateState) -> int:
+        """When `release` may next let a held ping go: the oldest one's hold ends (the other
+        ways out, continuing the released run or being live, do not open with time)."""
+        return state.held[0][_H_ARRIVAL] + self._hold_ms if state.held else NO_TIMER
 
     def release(self, state: ValidateState, ctx: Ctx, force: bool = False) -> list[Ping]:
         """Release held pings whose hold expired (all with `force`), oldest first."""

@@ -216,7 +216,8 @@ class Worker:
         result = self.topology.process(state, batch, ctx)
         self.counters.update(result.counters)
         await round_.emit(result)
-        round_.put(key, {"p": partition, "s": state.to_dict()}, partition)
+        due = self.topology.next_tick_ms(state)
+        round_.put(key, {"p": partition, "s": state.to_dict(), "d": due}, partition)
 
     async def _barrier(self, round_: _Round, tick: Tick, partition: int, topic: str) -> None:
         """Run the timers of `partition` up to the newest tick read from both input topics."""
@@ -237,14 +238,17 @@ class Worker:
     async def _tick(self, round_: _Round, tick: Tick, partition: int) -> None:
         for key in round_.keys_of(partition):
             stored = round_.get(key)
+            if not tick.final and stored.get("d", 0) > tick.now_ms:
+                continue  # none of the device's timers is due (`Topology.next_tick_ms`)
             org_id, _, device_id = key.decode().partition("/")
             state = PipelineState.from_dict(stored["s"])
             ctx = self.topology.context(self.feed.reference, org_id, device_id, tick.now_ms)
             result = self.topology.tick(state, ctx, final=tick.final)
             await round_.emit(result)
             fresh = state.to_dict()
-            if fresh != stored["s"]:  # write the changelog only when a timer changed state
-                round_.put(key, {"p": partition, "s": fresh}, partition)
+            due = self.topology.next_tick_ms(state)
+            if fresh != stored["s"] or due != stored.get("d"):  # the changelog only on change
+                round_.put(key, {"p": partition, "s": fresh, "d": due}, partition)
 
 
 class StallWatchdog:
