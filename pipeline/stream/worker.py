@@ -122,6 +122,12 @@ class Worker:
             self.app.timer(kafka.tick_interval_ms / 1000.0)(self._send_ticks)
         self.app.timer(5.0)(self._report)
         self._reported = 0
+        # device key -> `Topology.next_tick_ms` of its state, for the ticks to skip devices with
+        # no timer due. In memory, forgotten at every rebalance (another worker may have
+        # changed a state meanwhile): a key without an entry is simply ticked once.
+        self.due: dict[bytes, int] = {}
+        self.app.on_partitions_revoked.connect(self._forget_due)
+        self.app.on_partitions_assigned.connect(self._forget_due)
         self.watchdog = StallWatchdog(self)
         if kafka.stall_timeout_s > 0:
             self.app.timer(max(1.0, kafka.stall_timeout_s / 4))(self.watchdog.check)
@@ -149,6 +155,9 @@ class Worker:
             await self.producer.stop()
 
     # -- timers ---------------------------------------------------------------------------
+
+    async def _forget_due(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        self.due.clear()
 
     def owned_partitions(self) -> list[int]:
         return sorted(
@@ -216,8 +225,8 @@ class Worker:
         result = self.topology.process(state, batch, ctx)
         self.counters.update(result.counters)
         await round_.emit(result)
-        due = self.topology.next_tick_ms(state)
-        round_.put(key, {"p": partition, "s": state.to_dict(), "d": due}, partition)
+        self.due[key] = self.topology.next_tick_ms(state)
+        round_.put(key, {"p": partition, "s": state.to_dict()}, partition)
 
     async def _barrier(self, round_: _Round, tick: Tick, partition: int, topic: str) -> None:
         """Run the timers of `partition` up to the newest tick read from both input topics."""
@@ -238,7 +247,7 @@ class Worker:
     async def _tick(self, round_: _Round, tick: Tick, partition: int) -> None:
         for key in round_.keys_of(partition):
             stored = round_.get(key)
-            if not tick.final and stored.get("d", 0) > tick.now_ms:
+            if not tick.final and self.due.get(key, 0) > tick.now_ms:
                 continue  # none of the device's timers is due (`Topology.next_tick_ms`)
             org_id, _, device_id = key.decode().partition("/")
             state = PipelineState.from_dict(stored["s"])
@@ -246,9 +255,9 @@ class Worker:
             result = self.topology.tick(state, ctx, final=tick.final)
             await round_.emit(result)
             fresh = state.to_dict()
-            due = self.topology.next_tick_ms(state)
-            if fresh != stored["s"] or due != stored.get("d"):  # the changelog only on change
-                round_.put(key, {"p": partition, "s": fresh, "d": due}, partition)
+            self.due[key] = self.topology.next_tick_ms(state)
+            if fresh != stored["s"]:  # write the changelog only when a timer changed state
+                round_.put(key, {"p": partition, "s": fresh}, partition)
 
 
 class StallWatchdog:
