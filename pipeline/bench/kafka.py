@@ -80,8 +80,9 @@ class Params:
     load_fraction: float = 0.5
     probes: int = 40  # per sustained run
     # devices of the sustained runs: enough that closed loop (~16k pings/s) keeps their clocks
-    # within the validator's 5 minutes ahead (50 s of pings per upload; 1,000 got 422s). Not
-    # more: every worker tick runs every device's timers (5,000 cut closed-loop capacity 20 %)
+    # within the validator's 5 minutes ahead (50 s of pings per upload; 1,000 got 422s).
+    # 5,000 cut closed-loop capacity by 20 % while every tick ran every device's timers
+    # (before `Topology.next_tick_ms`); not measured since.
     fleet: int = 2000
     concurrency: int = 16
     profile_batches: int = 600  # 0: no profiled worker run
@@ -90,7 +91,7 @@ class Params:
 
 SIZES = {
     "full": Params(),
-    "quick": Params(  # ~45 s with the broker start: make bench-quick stays near 2 min
+    "quick": Params(  # ~50 s: make bench-quick takes about 1.5 min
         backlog_batches=200,
         devices=100,
         workers=(1,),

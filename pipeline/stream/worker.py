@@ -246,9 +246,9 @@ class Worker:
 
     async def _tick(self, round_: _Round, tick: Tick, partition: int) -> None:
         for key in round_.keys_of(partition):
-            stored = round_.get(key)
             if not tick.final and self.due.get(key, 0) > tick.now_ms:
                 continue  # none of the device's timers is due (`Topology.next_tick_ms`)
+            stored = round_.get(key)
             org_id, _, device_id = key.decode().partition("/")
             state = PipelineState.from_dict(stored["s"])
             ctx = self.topology.context(self.feed.reference, org_id, device_id, tick.now_ms)
