@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 from rich.console import Console
 
 from pipeline.broker import BrokerError, LocalKafka, java_available
@@ -359,6 +360,85 @@ def test_workers_scale_out_and_in(
         rig.stop_all()
     for n in (1, 2, 3):
         assert "processed" in rig.log("worker", n), f"worker {n} processed nothing"
+    assert_same_facts(rig.stored_facts(), embedded_facts)
+
+
+async def _end_offsets(rig: Rig, topics: list[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=rig.settings.kafka.bootstrap)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in range(rig.settings.kafka.partitions)]
+        return await consumer.end_offsets(parts)
+    finally:
+        await consumer.stop()
+
+
+async def _commit_for_group(rig: Rig, offsets: dict[TopicPartition, int]) -> None:
+    """Sets the worker group's committed offsets (the group must be empty), as Faust does when
+    it commits past records no agent processed."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=rig.settings.kafka.bootstrap,
+        group_id=f"{rig.settings.kafka.topic_prefix}worker",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+def test_worker_processes_what_the_group_committed_past_and_skips_what_it_replays(
+    broker: LocalKafka, tmp_path: Path, embedded_facts: dict[str, Any]
+) -> None:
+    """The group's committed offset is not what decides. With the worker down, each pings
+    partition's offset is committed one record past what was processed (a record nobody saw,
+    as Faust does around rebalances) and the device states' are set back to the start. The
+    next worker must process the skipped records (rewinding to its table's positions when a
+    later record shows the hole, or from the stall watchdog where none follows) and skip the
+    replayed ones: the same facts as embedded, each once."""
+    rig = Rig(broker, tmp_path)
+    total_steps = len({u.send_ms // 60_000 for u in fleet_day()[1].uploads})
+    moved: list[dict[TopicPartition, int]] = []
+
+    async def skip_one_record_per_partition(processed: dict[TopicPartition, int]) -> None:
+        # the next step's uploads and ticks reach the log; then the driver waits on the ticks
+        while any(end <= processed[tp] for tp, end in (await _ends(rig.topics.pings)).items()):
+            await asyncio.sleep(0.5)
+        offsets = {tp: end + 1 for tp, end in processed.items()}
+        offsets.update(dict.fromkeys(await _ends(rig.topics.device_states), 0))
+        await _commit_for_group(rig, offsets)
+        moved.append(offsets)
+        rig.start("worker", 2)
+
+    async def _ends(topic: str) -> dict[TopicPartition, int]:
+        return await _end_offsets(rig, [topic])
+
+    async def stir(step: int) -> None:
+        if step == total_steps // 2:
+            rig.workers[0].send_signal(signal.SIGTERM)
+            await asyncio.to_thread(rig.workers[0].wait, 60)
+            processed = await _ends(rig.topics.pings)
+            asyncio.get_running_loop().create_task(skip_one_record_per_partition(processed))
+
+    async def run() -> None:
+        await rig.prepare()
+        rig.start("worker", 1)
+        rig.start("sink", 1)
+        await rig.post_day(stir)
+        await rig.wait_drained()
+
+    try:
+        asyncio.run(run())
+    finally:
+        rig.stop_all()
+    assert moved, "the offsets were never moved"
+    log = rig.log("worker", 2)
+    assert "rewinding" in log and "seeking them there" in log, log[-3000:]
+    assert "'skip_done'" in log, log[-3000:]
+    for table, (rows, ids) in rig.exactly_once().items():
+        assert rows == ids == len(embedded_facts[table]), (table, rows, ids)
     assert_same_facts(rig.stored_facts(), embedded_facts)
 
 

@@ -17,12 +17,15 @@ for all the acknowledgements and only then writes the changed states (table stor
 explicit changelog record on the state's own partition: outside Faust's per-event context a
 plain table write cannot know it). One broker round trip per round instead of one per record.
 
-Delivery is at-least-once: a device's new state is written to the table (its changelog) only
-after the broker acknowledged the outputs that led to it, Faust commits source offsets only
-for acked events, a failed send stops the worker hard (so no offset past it is ever
-committed), and outputs carry deterministic ids, so a replay after a crash stores nothing
-twice and loses nothing. Agent concurrency stays 1 (a known Faust bug can commit past an
-in-flight event with more).
+Delivery: a device's new state is written to the table (its changelog) only after the broker
+acknowledged the outputs that led to it, together with each input partition's position (the
+next offset whose effects are not in the table, `pipeline.stream.positions`). The position,
+not the group's committed offset, decides what a worker processes: records below it are
+skipped (their outputs are out, their effects in the table), and a record above it means Faust
+committed past records nobody processed, so the worker rewinds to the position. A failed send
+stops the worker hard, and outputs carry deterministic ids, so a crash or a rebalance stores
+nothing twice and loses nothing. Agent concurrency stays 1 (a known Faust bug can commit past
+an in-flight event with more).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pipeline.config import Settings
 from pipeline.events import DeadLetter, make_id
 from pipeline.processors.base import Result
 from pipeline.stream import records
+from pipeline.stream.positions import InputPartition, InputPositions, Verdict
 from pipeline.stream.records import Tick
 from pipeline.stream.reference import ReferenceFeed
 from pipeline.stream.topics import Topics, committed_offsets
@@ -82,6 +86,9 @@ class Worker:
         self.feed = ReferenceFeed(kafka)
         self.processed = 0
         self.counters: Counter[str] = Counter()  # topology counters (duplicate, late, ...)
+        # input records skipped (already in the table), rewinds, records lost to retention
+        self.delivery: Counter[str] = Counter()
+        self.positions = InputPositions()
         self.reference_ready = asyncio.Event()
         data = Path(settings.store.data_dir) / "faust" / str(os.getpid())
         data.mkdir(parents=True, exist_ok=True)
@@ -149,6 +156,7 @@ class Worker:
                  len(self.feed.registry))  # fmt: skip
 
     async def _stop_reference(self, app: Any, **kwargs: Any) -> None:
+        log.info("stopping after %d records; delivery %s", self.processed, dict(self.delivery))
         await self.watchdog.stop()
         await self.feed.stop()
         if self.producer is not None:
@@ -158,6 +166,7 @@ class Worker:
 
     async def _forget_due(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         self.due.clear()
+        self.positions.forget()
 
     def owned_partitions(self) -> list[int]:
         return sorted(
@@ -177,8 +186,14 @@ class Worker:
     async def _report(self) -> None:
         if self.processed != self._reported:
             self._reported = self.processed
-            log.info("processed %d records; owns partitions %s", self.processed,
-                     self.owned_partitions())  # fmt: skip
+            log.info("processed %d records; owns partitions %s; delivery %s", self.processed,
+                     self.owned_partitions(), dict(self.delivery))  # fmt: skip
+
+    def table_position(self, tp: InputPartition) -> int | None:
+        """The next offset of input partition `tp` whose effects are not in the table (None:
+        none of its records was processed yet)."""
+        record = self.states.data.get(partition_key(tp[1]))
+        return record.get("next", {}).get(tp[0]) if record else None
 
     # -- the agent ------------------------------------------------------------------------
 
@@ -190,31 +205,73 @@ class Worker:
         ):
             round_ = _Round(self)
             now = time.monotonic()
+            owned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
             for event in events:
-                self.watchdog.processed(event.message.topic, event.message.partition,
-                                        event.message.offset, now)  # fmt: skip
+                message = event.message
+                tp = (message.topic, message.partition)
+                if tp not in owned:
+                    # fetched before a rebalance took the partition away: its new owner's
+                    # table position decides whether it still needs processing
+                    self.delivery["not_owned"] += 1
+                    continue
+                verdict = self.positions.admit(tp, message.offset, round_.position(tp), now)
+                if verdict is Verdict.REWIND:
+                    verdict = await self._rewind(round_, tp, message.offset, now)
+                if verdict is not Verdict.AWAIT_REWIND:
+                    self.watchdog.processed(tp, now)
+                if verdict is not Verdict.PROCESS:
+                    self.delivery[verdict.value] += 1
+                    continue
+                round_.advance(tp, message.offset)
                 try:
                     item = records.decode_input(event.value)
                 except Exception as exc:  # a bad record must not stop the partition
-                    log.error("undecodable record at %s[%s]@%s: %s", event.message.topic,
-                              event.message.partition, event.message.offset, exc)  # fmt: skip
+                    log.error("undecodable record at %s[%s]@%s: %s", message.topic,
+                              message.partition, message.offset, exc)  # fmt: skip
                     continue
-                partition = event.message.partition
+                partition = message.partition
                 try:
                     if isinstance(item, Tick):
-                        await self._barrier(round_, item, partition, event.message.topic)
+                        await self._barrier(round_, item, partition, message.topic)
                     else:
                         await self._process(round_, item, partition, event.key)
                 except Exception as exc:
                     # A bug must not stall the partition (Faust would never commit past an
                     # unacked event): the record goes to the dead letters with the reason,
                     # the device's state stays as it was before it.
-                    log.exception("topology failed at %s[%s]@%s", event.message.topic,
-                                  partition, event.message.offset)  # fmt: skip
+                    log.exception("topology failed at %s[%s]@%s", message.topic, partition,
+                                  message.offset)  # fmt: skip
                     await round_.emit(_failed(event, item, exc))
             await round_.commit()
             self.processed += len(events)
             yield None
+
+    async def _rewind(self, round_: _Round, tp: InputPartition, offset: int, now: float) -> Verdict:
+        """Records of `tp` from its table position up to `offset` never reached the table:
+        seek the consumer back to the position (or, where retention already deleted some of
+        them, accept that loss and go on from the oldest record the broker still has)."""
+        position = round_.position(tp)
+        assert position is not None  # a rewind needs a position to go back to
+        partition = TP(*tp)
+        earliest = (await self.app.consumer.earliest_offsets(partition)).get(partition, 0)
+        if earliest > position:
+            log.critical("%s[%d]: records %d..%d were deleted by retention before any worker "
+                         "processed them", tp[0], tp[1], position, earliest - 1)  # fmt: skip
+            self.delivery["expired_unprocessed"] += earliest - position
+            round_.advance(tp, earliest - 1)
+            position = earliest
+            if offset == position:
+                self.positions.forget_rewind(tp)
+                return Verdict.PROCESS
+        if self.positions.rewind_started(tp, position, now):
+            log.warning("%s[%d]: records %d..%d never reached the state table (the group's "
+                        "committed offset ran past them): rewinding", tp[0], tp[1], position,
+                        offset - 1)  # fmt: skip
+            self.delivery["rewinds"] += 1
+        else:
+            self.delivery["rewind_retries"] += 1
+        await self.app.consumer.seek_wait({partition: position})
+        return Verdict.AWAIT_REWIND
 
     async def _process(self, round_: _Round, batch: Any, partition: int, key: bytes) -> None:
         stored = round_.get(key)
@@ -230,7 +287,7 @@ class Worker:
 
     async def _barrier(self, round_: _Round, tick: Tick, partition: int, topic: str) -> None:
         """Run the timers of `partition` up to the newest tick read from both input topics."""
-        key = b"\x00tick/%d" % partition
+        key = partition_key(partition)
         seen = dict(round_.get(key) or {"p": -1, "done": 0})
         seen[topic] = max(seen.get(topic, 0), tick.now_ms)
         if tick.final:
@@ -261,28 +318,29 @@ class Worker:
 
 
 class StallWatchdog:
-    """Faust can leave an assigned partition unfetched after a rebalance (faust-streaming
-    #629: no error, the worker just never reads it, and no other worker may). Every few
-    seconds this compares each owned input partition's end offset with the last offset the
-    agent processed (or, before the first record, the group's committed offset). A partition
-    that has records waiting and no progress for `kafka.stall_timeout_s` is first resumed
-    (flow control and partition pause state); if it is still stuck after another timeout the
-    worker exits with code 75 so its supervisor restarts it and the group reassigns the
-    partitions. Nothing is lost: offsets were never committed past unprocessed records."""
+    """A partition with records waiting and no progress. Faust can leave an assigned partition
+    unfetched after a rebalance (faust-streaming #629: no error, the worker just never reads
+    it, and no other worker may), and a group offset committed past unprocessed records leaves
+    them behind the fetch position with nothing after them to reveal the hole
+    (`pipeline.stream.positions` finds a hole when a later record arrives). Every few seconds
+    this compares each owned input partition's end offset with its position in the table (or,
+    before the first record, the group's committed offset). A partition that has records
+    waiting and no progress for `kafka.stall_timeout_s` is sought back to its table position
+    and resumed (flow control and partition pause state); if it is still stuck after another
+    timeout the worker exits with code 75 so its supervisor restarts it and the group
+    reassigns the partitions."""
 
     EXIT_CODE = 75
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.last: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset processed
-        self.progress: dict[tuple[str, int], float] = {}  # -> monotonic time of progress
-        self.resumed: dict[tuple[str, int], float] = {}
+        self.progress: dict[InputPartition, float] = {}  # -> monotonic time of progress
+        self.resumed: dict[InputPartition, float] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self.admin: AIOKafkaAdminClient | None = None
 
-    def processed(self, topic: str, partition: int, offset: int, now: float) -> None:
-        self.last[(topic, partition)] = offset
-        self.progress[(topic, partition)] = now
+    def processed(self, tp: InputPartition, now: float) -> None:
+        self.progress[tp] = now
 
     async def check(self) -> None:
         worker = self.worker
@@ -304,15 +362,16 @@ class StallWatchdog:
             log.warning("stall check skipped: %s", exc)
             return
         timeout = worker.settings.kafka.stall_timeout_s
-        stalled = [k for k in waiting if now - self.progress[k] > timeout]
+        stalled = {k: v for k, v in waiting.items() if now - self.progress[k] > timeout}
         if not stalled:
             return
-        fresh = [k for k in stalled if k not in self.resumed]
+        fresh = {k: v for k, v in stalled.items() if k not in self.resumed}
         if fresh:
-            log.warning("partitions %s have records waiting and no progress for %.0f s: "
-                        "resuming them", fresh, timeout)  # fmt: skip
-            tps = [TP(t, p) for t, p in fresh]
-            worker.app.consumer.resume_partitions(tps)
+            log.warning("partitions %s have records waiting beyond their positions and no "
+                        "progress for %.0f s: seeking them there and resuming them", fresh,
+                        timeout)  # fmt: skip
+            await worker.app.consumer.seek_wait({TP(*k): v for k, v in fresh.items()})
+            worker.app.consumer.resume_partitions([TP(*k) for k in fresh])
             worker.app.flow_control.resume()
             worker.app.consumer.resume_flow()
             for key in fresh:
@@ -320,30 +379,32 @@ class StallWatchdog:
                 self.progress[key] = now
             return
         log.critical("partitions %s still stalled after a resume: exiting (code %d) so the "
-                     "group reassigns them", stalled, self.EXIT_CODE)  # fmt: skip
+                     "group reassigns them", list(stalled), self.EXIT_CODE)  # fmt: skip
         os._exit(self.EXIT_CODE)
 
-    async def _waiting(self, keys: set[tuple[str, int]]) -> list[tuple[str, int]]:
-        """Owned partitions with records beyond what this worker processed."""
+    async def _waiting(self, keys: set[InputPartition]) -> dict[InputPartition, int]:
+        """Owned partitions with records beyond their positions, and those positions."""
         bootstrap = self.worker.settings.kafka.bootstrap
         if self.consumer is None:
             self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
             await self.consumer.start()
         tps = [TopicPartition(t, p) for t, p in keys]
         ends = await self.consumer.end_offsets(tps)
-        unknown = [tp for tp in tps if (tp.topic, tp.partition) not in self.last]
+        positions = {key: self.worker.table_position(key) for key in keys}
+        unknown = [tp for tp in tps if positions[(tp.topic, tp.partition)] is None]
         committed: dict[TopicPartition, int] = {}
         if unknown:
             if self.admin is None:
                 self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
                 await self.admin.start()
             committed = await committed_offsets(self.admin, self.worker.app.conf.id, unknown)
-        waiting = []
+        waiting = {}
         for tp in tps:
             key = (tp.topic, tp.partition)
-            done = self.last[key] + 1 if key in self.last else committed.get(tp, 0)
+            position = positions[key]
+            done = committed.get(tp, 0) if position is None else position
             if ends[tp] > done:
-                waiting.append(key)
+                waiting[key] = done
         return waiting
 
     async def stop(self) -> None:
@@ -351,6 +412,12 @@ class StallWatchdog:
             await self.consumer.stop()
         if self.admin is not None:
             await self.admin.close()
+
+
+def partition_key(partition: int) -> bytes:
+    """The table key of an input partition's own record: its tick barrier and positions
+    ("p": -1 keeps it out of the timers' device scan)."""
+    return b"\x00tick/%d" % partition
 
 
 def _failed(event: Any, item: Any, exc: Exception) -> Result:
@@ -377,6 +444,7 @@ class _Round:
         self.worker = worker
         self.table = worker.states
         self.changed: dict[bytes, tuple[Any, int]] = {}  # key -> (new value, partition)
+        self.positions: dict[InputPartition, int] = {}  # input partition -> next offset
         self.in_flight: list[asyncio.Future[Any]] = []
         self.tick_acks: list[tuple[int, int]] = []
 
@@ -387,6 +455,16 @@ class _Round:
 
     def put(self, key: bytes, value: Any, partition: int) -> None:
         self.changed[key] = (value, partition)
+
+    def position(self, tp: InputPartition) -> int | None:
+        """The next offset of input partition `tp` whose effects are not in the table."""
+        if tp in self.positions:
+            return self.positions[tp]
+        return self.worker.table_position(tp)
+
+    def advance(self, tp: InputPartition, offset: int) -> None:
+        """The record at `offset` of `tp` is handled by this round."""
+        self.positions[tp] = offset + 1
 
     def keys_of(self, partition: int) -> list[bytes]:
         """Device keys of `partition`, including devices first seen in this round."""
@@ -415,6 +493,17 @@ class _Round:
         for key, (value, partition) in self.changed.items():
             self.table.data[key] = value
             self.table.send_changelog(partition, key, value)
+        # Positions last, on the states' own changelog partitions: a position in the changelog
+        # implies the states of the records before it are there too.
+        by_partition: dict[int, dict[str, int]] = {}
+        for (topic, partition), offset in self.positions.items():
+            by_partition.setdefault(partition, {})[topic] = offset
+        for partition, offsets in by_partition.items():
+            key = partition_key(partition)
+            record = dict(self.get(key) or {"p": -1, "done": 0})
+            record["next"] = {**record.get("next", {}), **offsets}
+            self.table.data[key] = record
+            self.table.send_changelog(partition, key, record)
         producer = self.worker.producer
         if self.tick_acks and producer is not None:
             sent = [
