@@ -4,9 +4,11 @@ Workload: the simulator's day for `devices` devices (the default roster's mix of
 spoofers, contact losses, ...), with the city's reference data topped up to 5,000 customers
 and 500 fences (`pipeline.bench.world`). Uploads are taken from the stream in send order like
 `pipeline.evaluate.runner.drive` does: each upload processed at the end of its 60 s step, then
-every device's timers tick. A warm-up stretch of the morning (`warm_minutes`, from the first
-upload) runs untimed so the timed `window_minutes` start from realistic mid-morning states;
-each timed repeat restores those states from their JSON snapshot.
+the timers of every device with one due tick (`Topology.next_tick_ms`, kept per device as the
+embedded runner and the Kafka worker keep it). A warm-up stretch of the morning
+(`warm_minutes`, from the first upload) runs untimed so the timed `window_minutes` start from
+realistic mid-morning states; each timed repeat restores those states from their JSON
+snapshot.
 
 Times are process CPU time, best of `repeats` (see `pipeline.bench.common`), wall time kept
 beside. Everything that is not the topology is done before the clock starts: uploads are encoded as
@@ -16,8 +18,8 @@ the same uploads of the window:
 - decode floor: `json.loads` of each body and a touch of every ping's lat/lon/ts: the least
   any Python pipeline must spend per ping;
 - edge: `codec.decode_pings_json` + `Screener.screen` (what the gateway does per request);
-- whole topology: `Topology.process` per upload + `Topology.tick` per device per step, per
-  ping into the topology (the accepted ones, and the ones the edge rejected as stamped in the
+- whole topology: `Topology.process` per upload + `Topology.tick` per due device per step,
+  per ping into the topology (the accepted ones, and the ones the edge rejected as stamped in the
   future, which the validator corrects once it knows the phone's clock and processes in full:
   5 % of the window, from the simulated phone 10 minutes ahead);
 - dwell alone: `DwellDetector.process`/`tick` replayed on exactly the calls the topology made
@@ -202,10 +204,13 @@ def run_window(
     devices: dict[str, DeviceInfo],
 ) -> dict[str, Any]:
     """Drives the topology over the steps like `evaluate.runner.drive`; returns counts and
-    the CPU time spent in ticks (two clock reads per step: negligible)."""
+    the CPU time spent in ticks (two clock reads per step: negligible). Like the real drivers
+    it keeps each device's `Topology.next_tick_ms` and ticks only the devices due (the same
+    facts as ticking every device: tests/test_topology.py)."""
     tick_s = 0.0
     facts = 0
     clock = time.process_time
+    due = {device_id: topology.next_tick_ms(state) for device_id, state in states.items()}
     for now, items in steps:
         for device_id, batch in items:
             state = states.get(device_id)
@@ -214,11 +219,15 @@ def run_window(
             device = devices[device_id]
             ctx = topology.context(ref, device.org_id, device_id, now)
             facts += topology.process(state, batch, ctx).fact_count()
+            due[device_id] = topology.next_tick_ms(state)
         started = clock()
         for device_id, state in states.items():
+            if due[device_id] > now:
+                continue  # no timer due: the real drivers skip it too
             device = devices[device_id]
             ctx = topology.context(ref, device.org_id, device_id, now)
             facts += topology.tick(state, ctx).fact_count()
+            due[device_id] = topology.next_tick_ms(state)
         tick_s += clock() - started
     return {"tick_s": tick_s, "facts": facts}
 

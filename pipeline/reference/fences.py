@@ -357,16 +357,15 @@ class FenceIndex:
             if not n_found:
                 return None
             found.sort()
-            n_points = lat.size
-            qi = np.repeat(np.arange(n_points), n_found)
-            fi = np.tile(found, n_points)
-            b = self._bounds[fi]
-            # The tree's test: envelopes intersect (touching counts).
+            b = self._bounds[found]
+            # The tree's test: envelopes intersect (touching counts), as a (point, found
+            # fence) table; its row-major nonzero pairs come sorted by (point, fence).
             meets = (
-                (b[:, 0] <= xmax[qi]) & (b[:, 2] >= xmin[qi]) & (b[:, 1] <= ymax[qi])
-                & (b[:, 3] >= ymin[qi])
+                (b[:, 0] <= xmax[:, None]) & (b[:, 2] >= xmin[:, None])
+                & (b[:, 1] <= ymax[:, None]) & (b[:, 3] >= ymin[:, None])
             )  # fmt: skip
-            qi, fi = qi[meets], fi[meets]
+            qi, found_at = np.nonzero(meets)
+            fi = found[found_at]
             ordered = True
         if org_id is not None and len(self._org_code) > 1:
             keep = self._fence_org[fi] == self._org_code[org_id]
