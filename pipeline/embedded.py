@@ -1,16 +1,21 @@
-"""The in-process driver: the topology on asyncio, states in a dict, results to the sink.
+"""The in-process driver: the topology on asyncio, states in a `DeviceStates`, results to the
+sink.
 
 Per-device order is kept because one consumer takes batches in arrival order. The queue is
 bounded: when the topology falls behind, `ingest` waits, and so does the gateway's answer to
 the phone (back-pressure instead of unbounded memory).
 
+Memory: device states are held encoded (about 1 KB each), the `runner.live_states` most
+recently used ones and those with a timer due at the next tick as live objects
+(`pipeline.state_store`).
+
 Durability: a batch is written to the raw tables before `ingest` returns (that is what the
 gateway's 202 promises). Device states are snapshotted to `<data_dir>/state/<database>/
-devices.json` on
-clean shutdown and every `runner.snapshot_interval_s`, and loaded at start, so dwells, timers
-and episodes survive a restart. A snapshot records its low-water mark: every batch received
-before it had been processed and its facts flushed to the store (states are captured first,
-then the sink is flushed, then the file is written). After a crash, start() reprocesses the
+devices.json` (their encoded form, base64) on clean shutdown and every
+`runner.snapshot_interval_s`, and loaded at start, so dwells, timers and episodes survive a
+restart. A snapshot records its low-water mark: every batch received before it had been
+processed and its facts flushed to the store (states are captured first, then the sink is
+flushed, then the file is written). After a crash, start() reprocesses the
 raw pings and device states received since that mark, oldest first: the validator drops what
 the snapshot had already seen (retries look the same), and the facts re-emitted carry the same
 ids, which the store's ReplacingMergeTree tables keep once. Nothing the gateway acknowledged
@@ -20,11 +25,13 @@ is lost, and nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.clock import Clock
@@ -34,6 +41,7 @@ from pipeline.ingest import IngestUnavailable
 from pipeline.metrics import Metrics
 from pipeline.processors.base import Result
 from pipeline.reference import ReferenceData
+from pipeline.state_store import STATE_FORMAT, DeviceStates
 from pipeline.store.client import Store
 from pipeline.store.sink import Sink, StoreUnavailable
 from pipeline.topology import DeviceBatch, PipelineState, Topology
@@ -62,9 +70,13 @@ class EmbeddedPipeline:
         self.metrics = metrics or Metrics()
         self.topology = Topology(settings.processors)
         self.sink = Sink(store, settings.store, self.metrics)
-        self.states: dict[DeviceKey, PipelineState] = {}
-        # device -> `Topology.next_tick_ms` of its state (absent: due; restored states are)
-        self._due: dict[DeviceKey, int] = {}
+        # Encoded at rest, live when recently used or due at the next tick; with each
+        # device's `Topology.next_tick_ms`, so a tick pass runs only the devices due.
+        self.states: DeviceStates[DeviceKey] = DeviceStates(
+            self.topology,
+            settings.runner.live_states,
+            keep_due_within_ms=settings.runner.tick_interval_ms,
+        )
         self.queue: asyncio.Queue[tuple[DeviceBatch, float]] = asyncio.Queue(
             maxsize=settings.runner.queue_batches
         )
@@ -156,21 +168,16 @@ class EmbeddedPipeline:
 
     # -- processing -----------------------------------------------------------------------
 
-    def _state(self, key: DeviceKey) -> PipelineState:
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = self.topology.initial_state()
-            self.metrics.devices.set(len(self.states))
-        return state
-
     def process_batch(self, batch: DeviceBatch, accepted_at: float | None = None) -> Result:
         key = (batch.org_id, batch.device_id)
         ctx = self.topology.context(
             self.reference, batch.org_id, batch.device_id, batch.received_ms
         )
-        state = self._state(key)
-        result = self.topology.process(state, batch, ctx)
-        self._due[key] = self.topology.next_tick_ms(state)
+        known = len(self.states)
+        result = self.topology.process(self.states.get(key), batch, ctx)
+        self.states.schedule(key)
+        if len(self.states) != known:
+            self.metrics.devices.set(len(self.states))
         self.sink.submit(result, accepted_at)
         return result
 
@@ -178,14 +185,13 @@ class EmbeddedPipeline:
         """Run timers for every device at the clock's time (lost contact, reorder release)."""
         now = self.clock.now_ms() if now_ms is None else now_ms
         total = Result()
-        due = self._due
-        for key, state in self.states.items():
-            if not final and due.get(key, 0) > now:
-                continue  # none of the device's timers is due (`Topology.next_tick_ms`)
+        states = self.states
+        # Only devices with a timer due (`Topology.next_tick_ms`); a final tick closes all.
+        for key in states if final else states.due(now):
             org_id, device_id = key
             ctx = self.topology.context(self.reference, org_id, device_id, now)
-            result = self.topology.tick(state, ctx, final=final)
-            due[key] = self.topology.next_tick_ms(state)
+            result = self.topology.tick(states.get(key), ctx, final=final)
+            states.schedule(key)
             if result.fact_count() or result.counters:
                 self.sink.submit(result)
                 total.extend(result)
@@ -219,23 +225,17 @@ class EmbeddedPipeline:
 
     # -- snapshots and recovery ------------------------------------------------------------
 
-    def _capture(self) -> dict[str, object]:
+    def _capture(self) -> Snapshot:
         """The states and their low-water mark, captured synchronously (nothing can change
-        them while this runs: processing and timers run on this same event loop)."""
+        them while this runs: processing and timers run on this same event loop). Cheap: the
+        states at rest are already bytes; only the live ones are encoded."""
         mark = min(self._pending) if self._pending else self.clock.now_ms()
-        return {
-            "saved_ms": self.clock.now_ms(),
-            "processed_before_ms": mark,
-            "devices": [
-                {"org_id": org, "device_id": dev, "state": state.to_dict()}
-                for (org, dev), state in self.states.items()
-            ],
-        }
+        return Snapshot(self.clock.now_ms(), mark, self.states.encoded_items())
 
-    def _write(self, data: dict[str, object]) -> None:
+    def _write(self, snapshot: Snapshot) -> None:
         self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.snapshot_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        tmp.write_text(snapshot.to_json())
         os.replace(tmp, self.snapshot_path)  # atomic: a crash never leaves half a snapshot
 
     def save_snapshot(self) -> None:
@@ -245,9 +245,9 @@ class EmbeddedPipeline:
     async def checkpoint(self) -> None:
         """A snapshot while running: states first, then the flush of every fact they led to,
         then the file, so the file never runs ahead of the store."""
-        data = self._capture()
+        snapshot = self._capture()
         await self.sink.flush()
-        await asyncio.to_thread(self._write, data)
+        await asyncio.to_thread(self._write, snapshot)
 
     async def _checkpointer(self) -> None:
         interval = self.settings.runner.snapshot_interval_s
@@ -262,19 +262,11 @@ class EmbeddedPipeline:
         """Loads the states; returns the mark to recover from (None without a snapshot)."""
         if not self.snapshot_path.exists():
             return None
-        data = json.loads(self.snapshot_path.read_text())
-        self._load(data)
-        mark = data.get("processed_before_ms")
-        return int(mark) if mark is not None else None
-
-    def _load(self, data: dict[str, object]) -> None:
         started = time.monotonic()
-        for item in data.get("devices", []):  # type: ignore[union-attr]
-            key = (item["org_id"], item["device_id"])
-            self.states[key] = PipelineState.from_dict(item["state"])
-            self._due.pop(key, None)  # due at the next tick, which says when next
+        mark = restore_snapshot(self.snapshot_path.read_text(), self.states)
         log.info("restored %d device states in %.2fs", len(self.states), time.monotonic() - started)
         self.metrics.devices.set(len(self.states))
+        return mark
 
     def recover(self, since_ms: int) -> int:
         """Reprocesses what was received at or after `since_ms` (see the module docstring)."""
@@ -292,6 +284,43 @@ class EmbeddedPipeline:
             log.warning("recovered %d batches received since the last snapshot", len(batches))
         self.recovered_batches = len(batches)
         return len(batches)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a snapshot file holds: every device's encoded state and the low-water mark."""
+
+    saved_ms: int
+    processed_before_ms: int  # every batch received before it was processed and flushed
+    states: list[tuple[DeviceKey, bytes]]
+
+    def to_json(self) -> str:
+        """The file's text: JSON, each state as the base64 of its encoded form (written without
+        decoding the states at rest, and about 30 % smaller than their JSON)."""
+        return json.dumps(
+            {
+                "saved_ms": self.saved_ms,
+                "processed_before_ms": self.processed_before_ms,
+                "state_format": STATE_FORMAT,
+                "device_states": [
+                    [org, dev, base64.b64encode(data).decode("ascii")]
+                    for (org, dev), data in self.states
+                ],
+            },
+            separators=(",", ":"),
+        )
+
+
+def restore_snapshot(text: str, states: DeviceStates[DeviceKey]) -> int | None:
+    """Loads a snapshot file's states into `states`; returns its low-water mark (None when it
+    has none). Reads the earlier form too, states as `to_dict()` objects under "devices"."""
+    data = json.loads(text)
+    for org, dev, encoded in data.get("device_states", ()):
+        states.put_encoded((org, dev), base64.b64decode(encoded))
+    for item in data.get("devices", ()):
+        states.put((item["org_id"], item["device_id"]), PipelineState.from_dict(item["state"]))
+    mark = data.get("processed_before_ms")
+    return int(mark) if mark is not None else None
 
 
 def recovered_batches(store: Store, since_ms: int) -> list[DeviceBatch]:

@@ -128,11 +128,22 @@ def test_state(tmp_path: Path) -> None:
     assert [r["devices"] for r in rows] == sorted(record["params"]["sizes"])
     for r in rows:
         assert 0 < r["json_bytes_p50"] <= r["json_bytes_max"]
-        assert r["json_bytes_mean"] > 0 and r["heap_bytes_per_device"] > 0
-        assert r["snapshot_bytes"] >= r["devices"] * r["json_bytes_p50"] * 0.5
+        assert 0 < r["encoded_bytes_mean"] < r["json_bytes_mean"]
+        assert 0 < r["heap_at_rest_bytes_per_device"] <= r["driver_bytes_per_device"]
+        assert r["heap_live_objects_bytes_per_device"] > 0
+        assert r["heap_dict_form_bytes_per_device"] > 0
+        assert 0 < r["live_states"] <= r["devices"]
+        assert r["snapshot_bytes"] >= r["devices"] * r["encoded_bytes_mean"]  # base64 in JSON
         assert 0 < r["sampled_devices"] <= r["devices"]
         _timing(r["snapshot"])
         _timing(r["restore"])
+    codec = record["results"]["codec"]
+    assert codec["encode_us"] > 0 and codec["decode_us"] > 0
+    driver = record["results"]["driver"]
+    assert driver["uploads"] > driver["devices"] > 0
+    assert driver["decodes_per_upload"] > 0  # the tiny fleet is larger than the tiny cache
+    _timing(driver["all_live"])
+    _timing(driver["at_rest"])
     assert {t["unit"] for t in record["targets"]} == {"B"}
 
 
