@@ -10,12 +10,13 @@ states alike, has been processed, whichever topic Faust happened to read first. 
 lets a table change inside stream iteration, which a tick record also satisfies.) The
 progress of that barrier is kept in the table, so a restarted worker resumes it.
 
-The agent works in rounds of up to `kafka.worker_batch_records` records (`take_events`, which
-acks a round's events only once the round is done). A round processes its records in order
-against a local copy of the states they touch, sends every output without waiting, then waits
-for all the acknowledgements and only then writes the changed states (table store plus an
-explicit changelog record on the state's own partition: outside Faust's per-event context a
-plain table write cannot know it). One broker round trip per round instead of one per record.
+The agent works in rounds of up to `kafka.worker_batch_records` records (`take_events`). A
+round processes its records in order against a local copy of the states they touch and sends
+every output without waiting; a task then waits for all the acknowledgements and only then
+writes the changed states (table store plus an explicit changelog record on the state's own
+partition: outside Faust's per-event context a plain table write cannot know it), while the
+agent already processes the next round, reading through the one in flight. One broker round
+trip per round instead of one per record, and the worker does not sit idle during it.
 
 Delivery: a device's new state is written to the table (its changelog) only after the broker
 acknowledged the outputs that led to it, together with each input partition's position (the
@@ -133,8 +134,9 @@ class Worker:
         # no timer due. In memory, forgotten at every rebalance (another worker may have
         # changed a state meanwhile): a key without an entry is simply ticked once.
         self.due: dict[bytes, int] = {}
-        self.app.on_partitions_revoked.connect(self._forget_due)
-        self.app.on_partitions_assigned.connect(self._forget_due)
+        self.committing: _Round | None = None  # whose outputs' acks are still awaited
+        self.app.on_partitions_revoked.connect(self._on_rebalance)
+        self.app.on_partitions_assigned.connect(self._on_rebalance)
         self.watchdog = StallWatchdog(self)
         if kafka.stall_timeout_s > 0:
             self.app.timer(max(1.0, kafka.stall_timeout_s / 4))(self.watchdog.check)
@@ -156,6 +158,7 @@ class Worker:
                  len(self.feed.registry))  # fmt: skip
 
     async def _stop_reference(self, app: Any, **kwargs: Any) -> None:
+        await self.wait_committed()
         log.info("stopping after %d records; delivery %s", self.processed, dict(self.delivery))
         await self.watchdog.stop()
         await self.feed.stop()
@@ -164,7 +167,12 @@ class Worker:
 
     # -- timers ---------------------------------------------------------------------------
 
-    async def _forget_due(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def _on_rebalance(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        # The round in flight writes its states before the partitions move (Faust flushed its
+        # producer already; flush again for the changelog records this wrote).
+        if self.committing is not None:
+            await self.wait_committed()
+            await self.app.producer.flush()
         self.due.clear()
         self.positions.forget()
 
@@ -192,8 +200,8 @@ class Worker:
     def table_position(self, tp: InputPartition) -> int | None:
         """The next offset of input partition `tp` whose effects are not in the table (None:
         none of its records was processed yet)."""
-        record = self.states.data.get(partition_key(tp[1]))
-        return record.get("next", {}).get(tp[0]) if record else None
+        record = self.states.data.get(positions_key(tp[1]))
+        return record["next"].get(tp[0]) if record else None
 
     # -- the agent ------------------------------------------------------------------------
 
@@ -203,7 +211,7 @@ class Worker:
         async for events in stream.take_events(
             max(1, kafka.worker_batch_records), kafka.worker_batch_ms / 1000.0
         ):
-            round_ = _Round(self)
+            round_ = _Round(self, previous=self.committing)
             now = time.monotonic()
             owned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
             for event in events:
@@ -242,9 +250,21 @@ class Worker:
                     log.exception("topology failed at %s[%s]@%s", message.topic, partition,
                                   message.offset)  # fmt: skip
                     await round_.emit(_failed(event, item, exc))
-            await round_.commit()
+            await self.wait_committed()  # the previous round's states are in the table now
+            round_.previous = None
+            # The next round is processed while this one's outputs are acknowledged; its
+            # events are acked at once (yield), which is safe because the table positions, not
+            # the group's offsets, say what is processed.
+            round_.committed = asyncio.ensure_future(round_.commit())
+            self.committing = round_
             self.processed += len(events)
             yield None
+
+    async def wait_committed(self) -> None:
+        """Until the round in flight has its states and positions in the table."""
+        if self.committing is not None and self.committing.committed is not None:
+            await self.committing.committed
+        self.committing = None
 
     async def _rewind(self, round_: _Round, tp: InputPartition, offset: int, now: float) -> Verdict:
         """Records of `tp` from its table position up to `offset` never reached the table:
@@ -287,7 +307,7 @@ class Worker:
 
     async def _barrier(self, round_: _Round, tick: Tick, partition: int, topic: str) -> None:
         """Run the timers of `partition` up to the newest tick read from both input topics."""
-        key = partition_key(partition)
+        key = barrier_key(partition)
         seen = dict(round_.get(key) or {"p": -1, "done": 0})
         seen[topic] = max(seen.get(topic, 0), tick.now_ms)
         if tick.final:
@@ -414,10 +434,16 @@ class StallWatchdog:
             await self.admin.close()
 
 
-def partition_key(partition: int) -> bytes:
-    """The table key of an input partition's own record: its tick barrier and positions
-    ("p": -1 keeps it out of the timers' device scan)."""
+def barrier_key(partition: int) -> bytes:
+    """The table key of an input partition's tick barrier ("p": -1 keeps it out of the
+    timers' device scan)."""
     return b"\x00tick/%d" % partition
+
+
+def positions_key(partition: int) -> bytes:
+    """The table key of an input partition's positions, one per input topic: written only
+    when a round commits, so a round in flight never holds a stale copy of it."""
+    return b"\x00next/%d" % partition
 
 
 def _failed(event: Any, item: Any, exc: Exception) -> Result:
@@ -440,9 +466,14 @@ class _Round:
     """One round of the agent: states read through a local overlay, outputs in flight, and
     the writes that wait for their acknowledgements."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, previous: _Round | None = None) -> None:
         self.worker = worker
         self.table = worker.states
+        # The round before, whose acknowledgements may still be in flight (its states not yet
+        # in the table): this round reads through it. Only one: a round's commit starts after
+        # the previous round's commit ended.
+        self.previous = previous
+        self.committed: asyncio.Future[None] | None = None  # `commit()` under way or done
         self.changed: dict[bytes, tuple[Any, int]] = {}  # key -> (new value, partition)
         self.positions: dict[InputPartition, int] = {}  # input partition -> next offset
         self.in_flight: list[asyncio.Future[Any]] = []
@@ -451,6 +482,8 @@ class _Round:
     def get(self, key: bytes) -> Any:
         if key in self.changed:
             return self.changed[key][0]
+        if self.previous is not None and key in self.previous.changed:
+            return self.previous.changed[key][0]
         return self.table.data.get(key)
 
     def put(self, key: bytes, value: Any, partition: int) -> None:
@@ -460,6 +493,8 @@ class _Round:
         """The next offset of input partition `tp` whose effects are not in the table."""
         if tp in self.positions:
             return self.positions[tp]
+        if self.previous is not None and tp in self.previous.positions:
+            return self.previous.positions[tp]
         return self.worker.table_position(tp)
 
     def advance(self, tp: InputPartition, offset: int) -> None:
@@ -469,7 +504,9 @@ class _Round:
     def keys_of(self, partition: int) -> list[bytes]:
         """Device keys of `partition`, including devices first seen in this round."""
         keys = {k for k, v in self.table.data.items() if v.get("p") == partition}
-        keys.update(k for k, (v, _) in self.changed.items() if v.get("p") == partition)
+        for round_ in (self.previous, self):
+            if round_ is not None:
+                keys.update(k for k, (v, _) in round_.changed.items() if v.get("p") == partition)
         return sorted(keys)
 
     async def emit(self, result: Any) -> None:
@@ -499,9 +536,9 @@ class _Round:
         for (topic, partition), offset in self.positions.items():
             by_partition.setdefault(partition, {})[topic] = offset
         for partition, offsets in by_partition.items():
-            key = partition_key(partition)
-            record = dict(self.get(key) or {"p": -1, "done": 0})
-            record["next"] = {**record.get("next", {}), **offsets}
+            key = positions_key(partition)
+            written = self.table.data.get(key)
+            record = {"p": -1, "next": {**(written["next"] if written else {}), **offsets}}
             self.table.data[key] = record
             self.table.send_changelog(partition, key, record)
         producer = self.worker.producer
