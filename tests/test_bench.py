@@ -131,7 +131,7 @@ def test_state(tmp_path: Path) -> None:
         assert 0 < r["encoded_bytes_mean"] < r["json_bytes_mean"]
         assert 0 < r["heap_at_rest_bytes_per_device"] <= r["driver_bytes_per_device"]
         assert r["heap_live_objects_bytes_per_device"] > 0
-        assert r["heap_dict_form_bytes_per_device"] > 0
+        assert 0 < r["kafka_table_bytes_per_device"] < r["heap_live_objects_bytes_per_device"]
         assert 0 < r["live_states"] <= r["devices"]
         assert r["snapshot_bytes"] >= r["devices"] * r["encoded_bytes_mean"]  # base64 in JSON
         assert 0 < r["sampled_devices"] <= r["devices"]

@@ -32,8 +32,10 @@ an in-flight event with more).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import struct
 import time
 from collections import Counter
 from pathlib import Path
@@ -48,6 +50,7 @@ from faust.types import TP
 from pipeline.config import Settings
 from pipeline.events import DeadLetter, make_id
 from pipeline.processors.base import Result
+from pipeline.state_store import decode_state, encode_state
 from pipeline.stream import records
 from pipeline.stream.positions import InputPartition, InputPositions, Verdict
 from pipeline.stream.records import Tick
@@ -57,7 +60,10 @@ from pipeline.topology import PipelineState, Topology
 
 log = logging.getLogger(__name__)
 
-STATE_TABLE = "device-state"
+# Values are bytes (raw serializer): a device's partition (2 bytes) and its encoded state
+# (`pipeline.state_store`, ~1 KB a device where a dict of its `to_dict()` held ~4.5 KB); an
+# input partition's tick barrier and positions as JSON. v2: the values were JSON dicts before.
+STATE_TABLE = "device-state-v2"
 
 
 def _die(reason: object) -> None:
@@ -121,8 +127,9 @@ class Worker:
         # waiting on Faust's own producer buffer from inside the agent can hang across a
         # rebalance, and the acks are what the state write below depends on.
         self.producer: AIOKafkaProducer | None = None
-        # device key -> {"p": partition, "s": PipelineState dict}
-        self.states = self.app.Table(STATE_TABLE, partitions=kafka.partitions, key_type=bytes)
+        self.states = self.app.Table(
+            STATE_TABLE, partitions=kafka.partitions, key_type=bytes, value_type=bytes
+        )
         self.app.agent(self.input, name="topology", concurrency=1)(self._agent)
         self.app.task(self._start_reference)
         self.app.on_before_shutdown.connect(self._stop_reference)
@@ -201,7 +208,7 @@ class Worker:
         """The next offset of input partition `tp` whose effects are not in the table (None:
         none of its records was processed yet)."""
         record = self.states.data.get(positions_key(tp[1]))
-        return record["next"].get(tp[0]) if record else None
+        return json.loads(record)["next"].get(tp[0]) if record else None
 
     # -- the agent ------------------------------------------------------------------------
 
@@ -295,7 +302,7 @@ class Worker:
 
     async def _process(self, round_: _Round, batch: Any, partition: int, key: bytes) -> None:
         stored = round_.get(key)
-        state = PipelineState.from_dict(stored["s"]) if stored else self.topology.initial_state()
+        state = _device_state(stored) if stored else self.topology.initial_state()
         ctx = self.topology.context(
             self.feed.reference, batch.org_id, batch.device_id, batch.received_ms
         )
@@ -303,12 +310,13 @@ class Worker:
         self.counters.update(result.counters)
         await round_.emit(result)
         self.due[key] = self.topology.next_tick_ms(state)
-        round_.put(key, {"p": partition, "s": state.to_dict()}, partition)
+        round_.put(key, device_value(partition, encode_state(state)), partition)
 
     async def _barrier(self, round_: _Round, tick: Tick, partition: int, topic: str) -> None:
         """Run the timers of `partition` up to the newest tick read from both input topics."""
         key = barrier_key(partition)
-        seen = dict(round_.get(key) or {"p": -1, "done": 0})
+        stored = round_.get(key)
+        seen = json.loads(stored) if stored else {"done": 0}
         seen[topic] = max(seen.get(topic, 0), tick.now_ms)
         if tick.final:
             seen["final"] = tick.now_ms
@@ -316,7 +324,7 @@ class Worker:
         if ready > seen["done"]:
             seen["done"] = ready
             await self._tick(round_, Tick(ready, seen.get("final") == ready), partition)
-        round_.put(key, seen, partition)  # "p": -1 keeps it out of the timers' device scan
+        round_.put(key, json.dumps(seen).encode(), partition)
         if self.settings.kafka.tick_acks:
             # Also after a restart that finds the tick already done: the driver waits on it.
             round_.tick_acks.append((partition, seen["done"]))
@@ -327,14 +335,14 @@ class Worker:
                 continue  # none of the device's timers is due (`Topology.next_tick_ms`)
             stored = round_.get(key)
             org_id, _, device_id = key.decode().partition("/")
-            state = PipelineState.from_dict(stored["s"])
+            state = _device_state(stored)
             ctx = self.topology.context(self.feed.reference, org_id, device_id, tick.now_ms)
             result = self.topology.tick(state, ctx, final=tick.final)
             await round_.emit(result)
-            fresh = state.to_dict()
+            fresh = device_value(partition, encode_state(state))
             self.due[key] = self.topology.next_tick_ms(state)
-            if fresh != stored["s"]:  # write the changelog only when a timer changed state
-                round_.put(key, {"p": partition, "s": fresh}, partition)
+            if fresh != stored:  # write the changelog only when a timer changed state
+                round_.put(key, fresh, partition)
 
 
 class StallWatchdog:
@@ -434,9 +442,19 @@ class StallWatchdog:
             await self.admin.close()
 
 
+def device_value(partition: int, encoded: bytes) -> bytes:
+    """A device's table value: its partition (the timers scan a partition's devices) and its
+    encoded state."""
+    return struct.pack(">H", partition) + encoded
+
+
+def _device_state(value: bytes) -> PipelineState:
+    return decode_state(value[2:])
+
+
 def barrier_key(partition: int) -> bytes:
-    """The table key of an input partition's tick barrier ("p": -1 keeps it out of the
-    timers' device scan)."""
+    """The table key of an input partition's tick barrier (keys of an input partition's own
+    records start with a zero byte, which no device key does)."""
     return b"\x00tick/%d" % partition
 
 
@@ -503,10 +521,14 @@ class _Round:
 
     def keys_of(self, partition: int) -> list[bytes]:
         """Device keys of `partition`, including devices first seen in this round."""
-        keys = {k for k, v in self.table.data.items() if v.get("p") == partition}
+        prefix = struct.pack(">H", partition)
+        keys = {k for k, v in self.table.data.items() if v.startswith(prefix) and k[:1] != b"\0"}
         for round_ in (self.previous, self):
             if round_ is not None:
-                keys.update(k for k, (v, _) in round_.changed.items() if v.get("p") == partition)
+                keys.update(
+                    k for k, (v, _) in round_.changed.items()
+                    if v.startswith(prefix) and k[:1] != b"\0"
+                )  # fmt: skip
         return sorted(keys)
 
     async def emit(self, result: Any) -> None:
@@ -538,7 +560,9 @@ class _Round:
         for partition, offsets in by_partition.items():
             key = positions_key(partition)
             written = self.table.data.get(key)
-            record = {"p": -1, "next": {**(written["next"] if written else {}), **offsets}}
+            record = json.dumps(
+                {"next": {**(json.loads(written)["next"] if written else {}), **offsets}}
+            ).encode()
             self.table.data[key] = record
             self.table.send_changelog(partition, key, record)
         producer = self.worker.producer
