@@ -298,27 +298,346 @@ class Smoother:
         self._min_step2 = prm.min_step_m * prm.min_step_m
         self._move_radius2 = prm.move_radius_m * prm.move_radius_m
         self._stop_after_ms = prm.stop_after_s * 1000
+        # What the per-fix loop reads, unpacked into locals once per batch.
+        self._consts = (
+            prm.max_accuracy_m,
+            prm.accuracy_floor_m,
+            prm.restart_gap_s,
+            prm.max_speed_mps,
+            prm.innovation_gate,
+            self._gmin2,
+            prm.fuse_reported_velocity,
+            self._q,
+            self._qm,
+            self._rv,
+            prm.manoeuvre_gate,
+            self._recentre2,
+            self._min_step2,
+            prm.stopped_speed_mps,
+            self._stop_after_ms,
+            prm.moving_speed_mps,
+            self._move_radius2,
+            prm.start_confirm,
+            prm.start_confirm_s,
+            prm.anchor_memory,
+            self._slow2,
+        )
 
     def initial_state(self) -> SmoothState:
         return SmoothState()
 
     # ------------------------------------------------------------------ public API
 
+    # fmt: off
+    # (the loop's locals are loaded and saved as one row each)
     def process(
         self, state: SmoothState, pings: list[Ping], ctx: Ctx, out: Result
     ) -> list[TrackPoint]:
-        """One TrackPoint per ping (event-time order, already validated)."""
+        """One TrackPoint per ping (event-time order, already validated).
+
+        Written out as one loop because per-fix calls, state attribute lookups and temporary
+        tuples were most of this processor's cost: the filter's running values live in locals,
+        written back (`_save`) before a rare case hands the state to a helper (an outlier, a
+        (re)start, a re-centred frame) and read again (`_load`) after it. Every float operation
+        is the one of the fix-at-a-time formulas, in the same order, so results do not depend
+        on how the pings are batched."""
+        (max_acc, acc_floor, restart_gap_s, max_speed, gate, gmin2, fuse, q_steady, qm, rv,
+         man_gate, recentre2, min_step2, stopped_speed, stop_after_ms, moving_speed,
+         move_radius2, start_confirm, start_confirm_s, anchor_memory, slow2) = self._consts
+        s = state
+        (origin_lat, origin_lon, mlon, low_lat, x0, x1, x2, x3, var_pos, cov_pv, var_vel, filter_ts,
+         fix_lat, fix_lon, fix_acc, moving, heading, odo_x, odo_y, odo_ts, surprise, anchor_w,
+         start_count, path_m, last_speed) = self._load(s)
+        counted = self._counted
+        hypot = math.hypot
+        sqrt = math.sqrt
+        sin = math.sin
+        cos = math.cos
+        atan2 = math.atan2
         points: list[TrackPoint] = []
         append = points.append
         outliers = 0
         for ping in pings:
-            point = self._one(state, ping)
-            if point.flags & _OUTLIER:
+            raw_acc = ping.accuracy_m
+            acc = raw_acc if raw_acc > acc_floor else acc_floor
+            flags = _MOCK if ping.is_mock else 0
+            if raw_acc > max_acc:
+                self._save(s, x0, x1, x2, x3, var_pos, cov_pv, var_vel, filter_ts, fix_lat,
+                           fix_lon, fix_acc, moving, heading, odo_x, odo_y, odo_ts, surprise,
+                           anchor_w, start_count, path_m, last_speed)
+                append(self._outlier(s, ping, flags | _LOW_ACCURACY))
                 outliers += 1
-            append(point)
+                continue
+            ts = ping.ts_ms
+            gap_s = (ts - filter_ts) / 1000.0
+            if filter_ts == 0 or gap_s > restart_gap_s:
+                # The first fix, or the first after a long silence: (re)start the filter.
+                self._save(s, x0, x1, x2, x3, var_pos, cov_pv, var_vel, filter_ts, fix_lat,
+                           fix_lon, fix_acc, moving, heading, odo_x, odo_y, odo_ts, surprise,
+                           anchor_w, start_count, path_m, last_speed)
+                if filter_ts == 0:
+                    self._restart(s, ping, acc)
+                    step = 0.0
+                else:
+                    step = self._after_gap(s, ping, acc, gap_s)
+                    flags |= _GAP
+                (origin_lat, origin_lon, mlon, low_lat, x0, x1, x2, x3, var_pos, cov_pv, var_vel,
+                 filter_ts, fix_lat, fix_lon, fix_acc, moving, heading, odo_x, odo_y, odo_ts,
+                 surprise, anchor_w, start_count, path_m, last_speed) = self._load(s)
+            else:
+                lat = ping.lat
+                lon = ping.lon
+                # Speed gate against the last accepted raw fix, each accuracy given as slack.
+                # The flat distance in the frame is within 5 % of the great circle here (both
+                # fixes within 0.5 degrees of latitude of the origin, below 80 degrees): far
+                # inside the limit, the haversine is not needed (most of a ping's trigonometry).
+                slack = acc + fix_acc
+                limit = max_speed * (gap_s if gap_s > 1.0 else 1.0)
+                fx = (lon - fix_lon) * mlon
+                fy = (lat - fix_lat) * M_PER_DEG_LAT
+                far = 0.9 * (limit + slack)
+                dist_fix = -1.0  # not computed yet
+                if (
+                    fx * fx + fy * fy <= far * far
+                    and low_lat
+                    and -0.3 < fix_lat - origin_lat < 0.3
+                ):
+                    reachable = True
+                else:
+                    dist_fix = haversine_m(fix_lat, fix_lon, lat, lon)
+                    reachable = dist_fix - slack <= limit
+                # Predict to the fix time (committed only if the fix is accepted). Continuous
+                # white-noise acceleration: given the velocity at both ends, the position
+                # between is uncertain by q*dt^3/12 (the path may bend), which is what makes
+                # 60 s fixes barely smoothable.
+                zx = (lon - origin_lon) * mlon
+                zy = (lat - origin_lat) * M_PER_DEG_LAT
+                dt = gap_s if gap_s > 0.0 else 0.0
+                dt2 = dt * dt
+                a_pred = var_pos + 2.0 * dt * cov_pv + dt2 * var_vel
+                b_pred = cov_pv + dt * var_vel
+                r = acc * acc
+                # The phone's own velocity at the fix (Doppler: unaffected by multipath, good
+                # when moving, ~0 when still); NaN when it did not say.
+                hx = hy = math.nan
+                reported = ping.speed_mps
+                if reported is not None and fuse:
+                    bearing = ping.bearing_deg
+                    if bearing is not None:
+                        hx = reported * sin(bearing * _DEG)
+                        hy = reported * cos(bearing * _DEG)
+                    elif reported <= _STILL_REPORTED_MPS:
+                        hx = hy = 0.0
+                # Steady motion first; the manoeuvre noise only if the fix is accepted while
+                # recent fixes keep surprising the filter (the loop runs at most twice).
+                q = q_steady
+                manoeuvre = False
+                while True:
+                    a = a_pred + q * dt * dt * dt / 3.0
+                    b = b_pred + q * dt * dt * 0.5
+                    c = var_vel + q * dt
+                    ex = x0 + x2 * dt
+                    ey = x1 + x3 * dt
+                    vx = x2
+                    vy = x3
+                    fused = False
+                    if hx == hx:  # not NaN: fuse the reported velocity if it is plausible
+                        svv = c + rv
+                        jx = hx - vx
+                        jy = hy - vy
+                        dv = _MAX_ACCEL_MPS2 * dt
+                        if jx * jx + jy * jy <= _VELOCITY_GATE * svv + dv * dv:
+                            ga = b / svv
+                            gb = c / svv
+                            ex += ga * jx
+                            ey += ga * jy
+                            vx += gb * jx
+                            vy += gb * jy
+                            a -= ga * b  # (each from the values before this update)
+                            b -= ga * c
+                            c -= gb * c
+                            fused = True
+                    ix = zx - ex
+                    iy = zy - ey
+                    sv = a + r
+                    if manoeuvre:
+                        break
+                    innov2 = ix * ix + iy * iy
+                    # Far even from the steady prediction: is it far allowing for a manoeuvre?
+                    spike = innov2 > gate * sv and innov2 > gmin2 and self._spike(
+                        x0, x1, x2, x3, dt, a_pred, sv, r, innov2, fused, hx, hy, zx, zy,
+                        fix_lat, fix_lon, lat, lon, dist_fix)
+                    if spike or not reachable:
+                        break
+                    su = surprise + _SURPRISE_RATE * (innov2 / sv - surprise)
+                    surprise = su if su < _SURPRISE_CAP else _SURPRISE_CAP
+                    if su <= man_gate:
+                        break
+                    q = qm
+                    manoeuvre = True
+                if reachable and not spike:
+                    # Accepted: update with the position.
+                    ka = a / sv
+                    kb = b / sv
+                    x2 = vx + kb * ix
+                    x3 = vy + kb * iy
+                    x0 = ex + ka * ix
+                    x1 = ey + ka * iy
+                    var_pos = a * r / sv
+                    cov_pv = b * r / sv
+                    var_vel = c - kb * b
+                    filter_ts = ts
+                    fix_lat = lat
+                    fix_lon = lon
+                    fix_acc = acc
+                    if s.cand_count:  # (the candidate lives in the state, not in locals)
+                        _forget_candidate(s)
+                    # Moving flag and mileage from the new estimate.
+                    speed = hypot(x2, x3)
+                    # Path driven since the last fix: the trapezoid of the speeds at both ends.
+                    # Fix times do not depend on the traffic, so this is unbiased even at 60 s,
+                    # where straight chords between fixes cut the corners of a city grid (-8 %
+                    # with exact positions).
+                    now_speed = reported if reported is not None else speed
+                    last = last_speed if last_speed >= 0.0 else now_speed
+                    last_speed = now_speed
+                    interval_m = dt * (last + now_speed) * 0.5
+                    dx = x0 - odo_x
+                    dy = x1 - odo_y
+                    d2 = dx * dx + dy * dy
+                    step = 0.0
+                    if moving:
+                        heading = atan2(x2, x3) / _DEG % 360.0
+                        path_m += interval_m
+                        # Count in chords longer than the estimate's own wobble, so jitter adds
+                        # nothing.
+                        chord2 = 4.0 * var_pos
+                        if chord2 < min_step2:
+                            chord2 = min_step2
+                        stopping = speed < stopped_speed
+                        if d2 >= chord2 or stopping:
+                            step = counted(path_m, sqrt(d2), False)
+                            odo_x, odo_y, odo_ts = x0, x1, ts
+                            path_m = 0.0
+                        if stopping or ts - odo_ts > stop_after_ms:
+                            # Stopped: the stop starts at the estimate, weighted by the filter's
+                            # certainty.
+                            moving = False
+                            odo_x, odo_y = x0, x1
+                            anchor_w = 1.0 / var_pos
+                            start_count = 0
+                            path_m = 0.0
+                    else:
+                        # Stationary: start only when fast AND clearly away from the stop, twice
+                        # in a row.
+                        spread = 9.0 * (1.0 / anchor_w + var_pos)
+                        radius2 = move_radius2
+                        if spread > radius2:
+                            radius2 = spread
+                        # The path of a departure is integrated from its first fast fix, before
+                        # it is confirmed.
+                        if now_speed > moving_speed:
+                            path_m += interval_m
+                        else:
+                            path_m = 0.0
+                        if speed > moving_speed and d2 > radius2:
+                            start_count += 1
+                            if start_count >= start_confirm or dt >= start_confirm_s:
+                                moving = True
+                                heading = atan2(x2, x3) / _DEG % 360.0
+                                # From where it stood: the start is not lost.
+                                step = counted(path_m, sqrt(d2), True)
+                                odo_x, odo_y, odo_ts = x0, x1, ts
+                                path_m = 0.0
+                                # Unused while moving (the stop sets them afresh): defaults are
+                                # not stored.
+                                start_count = 0
+                                anchor_w = 0.0
+                        else:
+                            start_count = 0
+                            # Refine where the device stands: a weighted mean of its raw fixes,
+                            # memory capped.
+                            w = 1.0 / r
+                            total = anchor_w + w
+                            odo_x += (zx - odo_x) * w / total
+                            odo_y += (zy - odo_y) * w / total
+                            cap = anchor_memory * w
+                            anchor_w = total if total < cap else cap
+                    if x0 * x0 + x1 * x1 > recentre2:
+                        self._save(s, x0, x1, x2, x3, var_pos, cov_pv, var_vel, filter_ts,
+                                   fix_lat, fix_lon, fix_acc, moving, heading, odo_x, odo_y,
+                                   odo_ts, surprise, anchor_w, start_count, path_m, last_speed)
+                        self._recentre(s, mlon)
+                        (origin_lat, origin_lon, mlon, low_lat, x0, x1, x2, x3, var_pos,
+                         cov_pv, var_vel, filter_ts, fix_lat, fix_lon, fix_acc, moving, heading,
+                         odo_x, odo_y, odo_ts, surprise, anchor_w, start_count, path_m,
+                         last_speed) = self._load(s)
+                else:
+                    # Rejected: the filter is untouched, but a run of consistent rejections
+                    # restarts it.
+                    self._save(s, x0, x1, x2, x3, var_pos, cov_pv, var_vel, filter_ts, fix_lat,
+                               fix_lon, fix_acc, moving, heading, odo_x, odo_y, odo_ts, surprise,
+                               anchor_w, start_count, path_m, last_speed)
+                    if not self._reacquiring(s, ping, acc, reachable):
+                        # The point shows the steady prediction for its time.
+                        append(self._outlier_point(s, ping, flags | _SPIKE,
+                                                   origin_lat + ey / M_PER_DEG_LAT,
+                                                   origin_lon + ex / mlon))
+                        outliers += 1
+                        continue
+                    step = self._reacquire(s, ping, acc)
+                    (origin_lat, origin_lon, mlon, low_lat, x0, x1, x2, x3, var_pos, cov_pv,
+                     var_vel, filter_ts, fix_lat, fix_lon, fix_acc, moving, heading, odo_x,
+                     odo_y, odo_ts, surprise, anchor_w, start_count, path_m,
+                     last_speed) = self._load(s)
+            # The point of an accepted fix. A device standing still is where it stands: the
+            # average of its fixes (unless it may be leaving, when the filter is the better
+            # guess).
+            if not moving and start_count == 0 and x2 * x2 + x3 * x3 < slow2:
+                append(TrackPoint(ping.org_id, ping.device_id, ping.seq, ts, ping.lat, ping.lon,
+                                  origin_lat + odo_y / M_PER_DEG_LAT, origin_lon + odo_x / mlon,
+                                  raw_acc, 0.0, heading, False, step, flags))
+            else:
+                append(TrackPoint(ping.org_id, ping.device_id, ping.seq, ts, ping.lat, ping.lon,
+                                  origin_lat + x1 / M_PER_DEG_LAT, origin_lon + x0 / mlon,
+                                  raw_acc, hypot(x2, x3) if moving else 0.0, heading, moving,
+                                  step, flags))
+        self._save(s, x0, x1, x2, x3, var_pos, cov_pv, var_vel, filter_ts, fix_lat, fix_lon,
+                   fix_acc, moving, heading, odo_x, odo_y, odo_ts, surprise, anchor_w,
+                   start_count, path_m, last_speed)
         if outliers:
             out.counters["outlier"] += outliers
         return points
+
+    @staticmethod
+    def _load(s: SmoothState) -> tuple[Any, ...]:
+        """The state as the loop's locals, with metres per degree of longitude in the frame and
+        whether its origin is below 80 degrees of latitude (where the flat speed gate holds)."""
+        x = s.x
+        lat = s.origin_lat
+        return (lat, s.origin_lon, M_PER_DEG_LAT * math.cos(lat * _DEG), -80.0 < lat < 80.0,
+                x[0], x[1], x[2], x[3], s.var_pos, s.cov_pos_vel, s.var_vel, s.filter_ts_ms,
+                s.fix_lat, s.fix_lon, s.fix_acc_m, s.moving, s.heading_deg, s.odo_x, s.odo_y,
+                s.odo_ts_ms, s.surprise, s.anchor_w, s.start_count, s.path_m, s.last_speed_mps)
+
+    @staticmethod
+    def _save(s: SmoothState, x0: float, x1: float, x2: float, x3: float, var_pos: float,
+              cov_pv: float, var_vel: float, filter_ts: int, fix_lat: float, fix_lon: float,
+              fix_acc: float, moving: bool, heading: float, odo_x: float, odo_y: float,
+              odo_ts: int, surprise: float, anchor_w: float, start_count: int, path_m: float,
+              last_speed: float) -> None:
+        """The loop's locals back into the state (the frame origin is only changed by helpers
+        that work on the state)."""
+        x = s.x
+        x[0], x[1], x[2], x[3] = x0, x1, x2, x3
+        s.var_pos, s.cov_pos_vel, s.var_vel, s.filter_ts_ms = var_pos, cov_pv, var_vel, filter_ts
+        s.fix_lat, s.fix_lon, s.fix_acc_m, s.moving, s.heading_deg = (
+            fix_lat, fix_lon, fix_acc, moving, heading)
+        s.odo_x, s.odo_y, s.odo_ts_ms, s.surprise, s.anchor_w = (
+            odo_x, odo_y, odo_ts, surprise, anchor_w)
+        s.start_count, s.path_m, s.last_speed_mps = start_count, path_m, last_speed
+
+    # fmt: on
 
     def late_point(self, ping: Ping) -> TrackPoint:
         """A stored-only point for a ping that arrived too late to touch the state."""
@@ -342,259 +661,56 @@ class Smoother:
 
     # ------------------------------------------------------------------ internals
 
-    def _one(self, s: SmoothState, ping: Ping) -> TrackPoint:
-        prm = self.params
-        base_flags = _MOCK if ping.is_mock else 0
-        raw_acc = ping.accuracy_m
-        acc = raw_acc if raw_acc > prm.accuracy_floor_m else prm.accuracy_floor_m
-
-        if raw_acc > prm.max_accuracy_m:
-            return self._outlier(s, ping, base_flags | _LOW_ACCURACY)
-
-        if s.filter_ts_ms == 0:
-            self._restart(s, ping, acc)
-            return self._emit(s, ping, base_flags, 0.0)
-
-        ts = ping.ts_ms
-        gap_s = (ts - s.filter_ts_ms) / 1000.0
-        if gap_s > prm.restart_gap_s:
-            return self._after_gap(s, ping, acc, gap_s, base_flags)
-
-        lat = ping.lat
-        lon = ping.lon
-        origin_lat = s.origin_lat
-        mlon = M_PER_DEG_LAT * math.cos(origin_lat * _DEG)
-        # Speed gate against the last accepted raw fix, each accuracy given as slack. The flat
-        # distance in the frame is within 5 % of the great circle here (both fixes within 0.5
-        # degrees of latitude of the origin, below 80 degrees): far inside the limit, the
-        # haversine is not needed (it is most of a ping's trigonometry).
-        fix_lat = s.fix_lat
-        slack = acc + s.fix_acc_m
-        limit = prm.max_speed_mps * (gap_s if gap_s > 1.0 else 1.0)
-        fx = (lon - s.fix_lon) * mlon
-        fy = (lat - fix_lat) * M_PER_DEG_LAT
-        far = 0.9 * (limit + slack)
-        dist_fix = -1.0  # not computed yet
-        if (
-            fx * fx + fy * fy <= far * far
-            and -80.0 < origin_lat < 80.0
-            and -0.3 < fix_lat - origin_lat < 0.3
-        ):
-            reachable = True
-        else:
-            dist_fix = haversine_m(fix_lat, s.fix_lon, lat, lon)
-            reachable = dist_fix - slack <= limit
-
-        # Predict to the fix time (committed only if the fix is accepted). Continuous white-noise
-        # acceleration: given the velocity at both ends, the position between is uncertain by
-        # q*dt^3/12 (the path may bend), which is what makes 60 s fixes barely smoothable.
-        zx = (lon - s.origin_lon) * mlon
-        zy = (lat - origin_lat) * M_PER_DEG_LAT
-        x = s.x
-        x0, x1, x2, x3 = x
-        dt = gap_s if gap_s > 0.0 else 0.0
-        a0 = s.var_pos
-        b0 = s.cov_pos_vel
-        c0 = s.var_vel
-        dt2 = dt * dt
-        a_pred = a0 + 2.0 * dt * b0 + dt2 * c0
-        b_pred = b0 + dt * c0
-        r = acc * acc
-        # The phone's own velocity at the fix (Doppler: unaffected by multipath, good when
-        # moving, ~0 when still); NaN when it did not say.
-        hx = hy = math.nan
-        reported = ping.speed_mps
-        if reported is not None and prm.fuse_reported_velocity:
-            bearing = ping.bearing_deg
-            if bearing is not None:
-                hx = reported * math.sin(bearing * _DEG)
-                hy = reported * math.cos(bearing * _DEG)
-            elif reported <= _STILL_REPORTED_MPS:
-                hx = hy = 0.0
-        rv = self._rv
-        # Steady motion first; the manoeuvre noise only if this fix would be a spike with it,
-        # or recent fixes keep surprising the filter.
-        ex, ey, vx, vy, a, b, c, fused = self._predict(
-            x, dt, a_pred, b_pred, c0, self._q, hx, hy, rv
-        )
-        ix = zx - ex
-        iy = zy - ey
-        innov2 = ix * ix + iy * iy
-        spike = False
-        if innov2 > prm.innovation_gate * (a + r) and innov2 > self._gmin2:
-            # Far even from the steady prediction: is it far allowing for a manoeuvre too?
-            if fused:
-                # The phone said how fast it went at both ends: between them the path may bend
-                # by a fraction of the distance it could cover, but a device standing still
-                # at both ends (most of a rep's day) has not driven off 100 m and back.
-                v_now = math.hypot(hx, hy)
-                v_then = math.hypot(x2, x3)
-                reach = dt * (
-                    prm.gate_path_fraction * (v_now if v_now > v_then else v_then)
-                    + self._reach_accel * dt
-                )
-                bound = reach + math.sqrt(prm.innovation_gate * (a + r))
-                spike = innov2 > bound * bound
-            else:
-                # Without a reported velocity: allow a manoeuvre's constant acceleration over
-                # the whole interval; a sudden stop is near the last fix, so a fix near the
-                # last one is never a spike.
-                jx = zx - x0 - x2 * dt
-                jy = zy - x1 - x3 * dt
-                a_m = a_pred + self._qm * dt2 * dt2 * 0.25
-                if jx * jx + jy * jy > prm.innovation_gate * (a_m + r):
-                    if dist_fix < 0.0:
-                        dist_fix = haversine_m(fix_lat, s.fix_lon, lat, lon)
-                    spike = dist_fix > prm.gate_min_distance_m
-        if not reachable or spike:
-            return self._rejected(s, ping, acc, base_flags, reachable, ex, ey, mlon)
-        surprise = s.surprise + _SURPRISE_RATE * (innov2 / (a + r) - s.surprise)
-        s.surprise = surprise if surprise < _SURPRISE_CAP else _SURPRISE_CAP
-        if surprise > prm.manoeuvre_gate:
-            ex, ey, vx, vy, a, b, c, fused = self._predict(
-                x, dt, a_pred, b_pred, c0, self._qm, hx, hy, rv
-            )
-            ix = zx - ex
-            iy = zy - ey
-        # Accepted: update with the position.
-        sv = a + r
-        ka = a / sv
-        kb = b / sv
-        vx += kb * ix
-        vy += kb * iy
-        ex += ka * ix
-        ey += ka * iy
-        x[0], x[1], x[2], x[3] = ex, ey, vx, vy
-        s.var_pos = a * r / sv
-        s.cov_pos_vel = b * r / sv
-        s.var_vel = c - kb * b
-        s.filter_ts_ms = ts
-        s.fix_lat, s.fix_lon, s.fix_acc_m = lat, lon, acc
-        if s.cand_count:
-            _forget_candidate(s)
-        step = self._mileage(s, zx, zy, acc, ts, reported, dt)
-        if ex * ex + ey * ey > self._recentre2:
-            self._recentre(s, mlon)
-            mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
-        return self._emit(s, ping, base_flags, step, mlon)
-
-    @staticmethod
-    def _predict(
-        x: list[float],
+    def _spike(
+        self,
+        x0: float,
+        x1: float,
+        x2: float,
+        x3: float,
         dt: float,
         a_pred: float,
-        b_pred: float,
-        c0: float,
-        q: float,
+        sv: float,
+        r: float,
+        innov2: float,
+        fused: bool,
         hx: float,
         hy: float,
-        rv: float,
-    ) -> tuple[float, float, float, float, float, float, float, bool]:
-        """Predict with acceleration noise q, then fuse the reported velocity (if given and
-        plausible): position, velocity, covariance (a, b, c) and whether it was fused."""
-        a = a_pred + q * dt * dt * dt / 3.0
-        b = b_pred + q * dt * dt * 0.5
-        c = c0 + q * dt
-        ex = x[0] + x[2] * dt
-        ey = x[1] + x[3] * dt
-        vx, vy = x[2], x[3]
-        if hx == hx:  # not NaN
-            svv = c + rv
-            jx = hx - vx
-            jy = hy - vy
-            dv = _MAX_ACCEL_MPS2 * dt
-            if jx * jx + jy * jy <= _VELOCITY_GATE * svv + dv * dv:
-                ga = b / svv
-                gb = c / svv
-                return (
-                    ex + ga * jx,
-                    ey + ga * jy,
-                    vx + gb * jx,
-                    vy + gb * jy,
-                    a - ga * b,
-                    b - ga * c,
-                    c - gb * c,
-                    True,
-                )
-        return ex, ey, vx, vy, a, b, c, False
-
-    def _mileage(
-        self,
-        s: SmoothState,
         zx: float,
         zy: float,
-        acc: float,
-        ts_ms: int,
-        reported_speed: float | None,
-        dt: float,
-    ) -> float:
-        """Update the moving flag from the new estimate and return the step it adds."""
+        fix_lat: float,
+        fix_lon: float,
+        lat: float,
+        lon: float,
+        dist_fix: float,
+    ) -> bool:
+        """Whether a fix far even from the steady prediction (squared innovation `innov2`, its
+        variance `sv`, the fix's own `r`) is far allowing for a manoeuvre too; `dist_fix` is its
+        distance from the last accepted fix (-1: not computed yet)."""
         prm = self.params
-        x = s.x
-        speed = math.hypot(x[2], x[3])
-        # Path driven since the last fix: the trapezoid of the speeds at both ends. Fix times
-        # do not depend on the traffic, so this is unbiased even at 60 s, where straight chords
-        # between fixes cut the corners of a city grid (-8 % with exact positions).
-        now_speed = reported_speed if reported_speed is not None else speed
-        last = s.last_speed_mps if s.last_speed_mps >= 0.0 else now_speed
-        s.last_speed_mps = now_speed
-        interval_m = dt * (last + now_speed) * 0.5
-        dx = x[0] - s.odo_x
-        dy = x[1] - s.odo_y
-        d2 = dx * dx + dy * dy
-        if s.moving:
-            s.heading_deg = math.atan2(x[2], x[3]) / _DEG % 360.0
-            s.path_m += interval_m
-            # Count in chords longer than the estimate's own wobble, so jitter adds nothing.
-            chord2 = 4.0 * s.var_pos
-            if chord2 < self._min_step2:
-                chord2 = self._min_step2
-            step = 0.0
-            stopping = speed < prm.stopped_speed_mps
-            if d2 >= chord2 or stopping:
-                step = self._counted(s.path_m, math.sqrt(d2), at_least_chord=False)
-                s.odo_x, s.odo_y, s.odo_ts_ms = x[0], x[1], ts_ms
-                s.path_m = 0.0
-            if stopping or ts_ms - s.odo_ts_ms > self._stop_after_ms:
-                # Stopped: the stop starts at the estimate, weighted by the filter's certainty.
-                s.moving = False
-                s.odo_x, s.odo_y = x[0], x[1]
-                s.anchor_w = 1.0 / s.var_pos
-                s.start_count = 0
-                s.path_m = 0.0
-            return step
-        # Stationary: start only when fast AND clearly away from the stop, twice in a row.
-        spread = 9.0 * (1.0 / s.anchor_w + s.var_pos)
-        radius2 = self._move_radius2
-        if spread > radius2:
-            radius2 = spread
-        # The path of a departure is integrated from its first fast fix, before it is confirmed.
-        if now_speed > prm.moving_speed_mps:
-            s.path_m += interval_m
-        else:
-            s.path_m = 0.0
-        if speed > prm.moving_speed_mps and d2 > radius2:
-            s.start_count += 1
-            if s.start_count >= prm.start_confirm or dt >= prm.start_confirm_s:
-                s.moving = True
-                s.heading_deg = math.atan2(x[2], x[3]) / _DEG % 360.0
-                step = self._counted(s.path_m, math.sqrt(d2), at_least_chord=True)
-                s.odo_x, s.odo_y, s.odo_ts_ms = x[0], x[1], ts_ms
-                s.path_m = 0.0
-                # Unused while moving (the stop sets them afresh): defaults are not stored.
-                s.start_count = 0
-                s.anchor_w = 0.0
-                return step  # from where it stood: the start is not lost
-            return 0.0
-        s.start_count = 0
-        # Refine where the device stands: a weighted mean of its raw fixes, memory capped.
-        w = 1.0 / (acc * acc)
-        total = s.anchor_w + w
-        s.odo_x += (zx - s.odo_x) * w / total
-        s.odo_y += (zy - s.odo_y) * w / total
-        cap = prm.anchor_memory * w
-        s.anchor_w = total if total < cap else cap
-        return 0.0
+        if fused:
+            # The phone said how fast it went at both ends: between them the path may bend by a
+            # fraction of the distance it could cover, but a device standing still at both ends
+            # (most of a rep's day) has not driven off 100 m and back.
+            v_now = math.hypot(hx, hy)
+            v_then = math.hypot(x2, x3)
+            reach = dt * (
+                prm.gate_path_fraction * (v_now if v_now > v_then else v_then)
+                + self._reach_accel * dt
+            )
+            bound = reach + math.sqrt(prm.innovation_gate * sv)
+            return innov2 > bound * bound
+        # Without a reported velocity: allow a manoeuvre's constant acceleration over the whole
+        # interval; a sudden stop is near the last fix, so a fix near the last one is never a
+        # spike.
+        jx = zx - x0 - x2 * dt
+        jy = zy - x1 - x3 * dt
+        dt2 = dt * dt
+        a_m = a_pred + self._qm * dt2 * dt2 * 0.25
+        if jx * jx + jy * jy > prm.innovation_gate * (a_m + r):
+            if dist_fix < 0.0:
+                dist_fix = haversine_m(fix_lat, fix_lon, lat, lon)
+            return dist_fix > prm.gate_min_distance_m
+        return False
 
     def _counted(self, path_m: float, chord_m: float, at_least_chord: bool) -> float:
         """Mileage for a stretch: the integrated path, at most `max_path_ratio` times the straight
@@ -607,51 +723,6 @@ class Smoother:
         if at_least_chord and path_m < chord_m:
             return chord_m
         return path_m
-
-    def _emit(
-        self, s: SmoothState, ping: Ping, flags: int, step: float, mlon: float = 0.0
-    ) -> TrackPoint:
-        """The point of an accepted fix; `mlon`: metres per degree of longitude in the frame
-        (computed when not given)."""
-        x = s.x
-        if not mlon:
-            mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
-        speed = math.hypot(x[2], x[3]) if s.moving else 0.0
-        # A device standing still is where it stands: the average of its fixes (unless it
-        # may be leaving, when the filter is the better guess).
-        if not s.moving and s.start_count == 0 and x[2] * x[2] + x[3] * x[3] < self._slow2:
-            return TrackPoint(
-                ping.org_id,
-                ping.device_id,
-                ping.seq,
-                ping.ts_ms,
-                ping.lat,
-                ping.lon,
-                s.origin_lat + s.odo_y / M_PER_DEG_LAT,
-                s.origin_lon + s.odo_x / mlon,
-                ping.accuracy_m,
-                0.0,
-                s.heading_deg,
-                False,
-                step,
-                flags,
-            )
-        return TrackPoint(
-            ping.org_id,
-            ping.device_id,
-            ping.seq,
-            ping.ts_ms,
-            ping.lat,
-            ping.lon,
-            s.origin_lat + x[1] / M_PER_DEG_LAT,
-            s.origin_lon + x[0] / mlon,
-            ping.accuracy_m,
-            speed,
-            s.heading_deg,
-            s.moving,
-            step,
-            flags,
-        )
 
     def _outlier(self, s: SmoothState, ping: Ping, flags: int) -> TrackPoint:
         """A rejected fix before any prediction was made (accuracy gate)."""
@@ -689,18 +760,9 @@ class Smoother:
             flags,
         )
 
-    def _rejected(
-        self,
-        s: SmoothState,
-        ping: Ping,
-        acc: float,
-        base_flags: int,
-        reachable: bool,
-        px: float,
-        py: float,
-        mlon: float,
-    ) -> TrackPoint:
-        """A fix rejected by the speed or innovation gate; may trigger re-acquisition."""
+    def _reacquiring(self, s: SmoothState, ping: Ping, acc: float, reachable: bool) -> bool:
+        """Note a fix rejected by the speed or innovation gate as the newest of a run of
+        consistent rejections; whether the run is long enough to restart the filter there."""
         prm = self.params
         consistent = False
         if s.cand_count:
@@ -713,14 +775,11 @@ class Smoother:
             s.cand_count = 1
             s.cand_reachable = reachable
         s.cand_lat, s.cand_lon, s.cand_acc_m, s.cand_ts_ms = ping.lat, ping.lon, acc, ping.ts_ms
-        if s.cand_count >= prm.reacquire_after:
-            return self._reacquire(s, ping, acc, base_flags)
-        lat = s.origin_lat + py / M_PER_DEG_LAT
-        lon = s.origin_lon + px / mlon
-        return self._outlier_point(s, ping, base_flags | _SPIKE, lat, lon)
+        return s.cand_count >= prm.reacquire_after
 
-    def _reacquire(self, s: SmoothState, ping: Ping, acc: float, flags: int) -> TrackPoint:
-        """Restart at a place the filter kept rejecting; count the jump only if reachable."""
+    def _reacquire(self, s: SmoothState, ping: Ping, acc: float) -> float:
+        """Restart at a place the filter kept rejecting; the step: the jump, counted only if
+        reachable."""
         prm = self.params
         was_moving = s.moving
         mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
@@ -734,12 +793,11 @@ class Smoother:
             s.moving = was_moving or step > max(prm.move_radius_m, acc)
             if not s.moving:
                 step = 0.0
-        return self._emit(s, ping, flags, step)
+        return step
 
-    def _after_gap(
-        self, s: SmoothState, ping: Ping, acc: float, gap_s: float, base_flags: int
-    ) -> TrackPoint:
-        """Restart after a long silence; bridge a moderate gap's displacement into mileage."""
+    def _after_gap(self, s: SmoothState, ping: Ping, acc: float, gap_s: float) -> float:
+        """Restart after a long silence; the step: a moderate gap's displacement, bridged into
+        mileage."""
         prm = self.params
         mlon = M_PER_DEG_LAT * math.cos(s.origin_lat * _DEG)
         old_lat = s.origin_lat + s.odo_y / M_PER_DEG_LAT
@@ -751,7 +809,7 @@ class Smoother:
             if d > max(prm.move_radius_m, acc) and d <= prm.max_speed_mps * gap_s:
                 step = d
                 s.moving = True
-        return self._emit(s, ping, base_flags | _GAP, step)
+        return step
 
     def _restart(self, s: SmoothState, ping: Ping, acc: float) -> None:
         """(Re)start the filter at a fix, in a frame centred on it."""
