@@ -230,6 +230,21 @@ class Rig:
             await ticks.stop()
             await gateway.stop()
 
+    def run_day(self, on_step: Callable[[int], Awaitable[None]] | None = None) -> None:
+        """A worker and a sink, the fleet day posted through them, until the sink drained."""
+
+        async def run() -> None:
+            await self.prepare()
+            self.start("worker", 1)
+            self.start("sink", 1)
+            await self.post_day(on_step)
+            await self.wait_drained()
+
+        try:
+            asyncio.run(run())
+        finally:
+            self.stop_all()
+
     def stop_all(self) -> None:
         for proc in [*self.workers, *self.sinks]:
             if proc.poll() is None:
@@ -273,17 +288,7 @@ def test_kafka_path_equals_embedded_fact_for_fact(
 ) -> None:
     rig = Rig(broker, tmp_path)
 
-    async def run() -> None:
-        await rig.prepare()
-        rig.start("worker", 1)
-        rig.start("sink", 1)
-        await rig.post_day()
-        await rig.wait_drained()
-
-    try:
-        asyncio.run(run())
-    finally:
-        rig.stop_all()
+    rig.run_day()
     assert_same_facts(rig.stored_facts(), embedded_facts)
     assert "processed" in rig.log("worker", 1)
     city, sim = fleet_day()  # the reference topic lands in the store too, for analysts' joins
@@ -314,17 +319,7 @@ def test_kill_9_worker_then_sink_mid_stream_stores_every_fact_once(
             rig.sinks[0].wait()
             rig.start("sink", 2)
 
-    async def run() -> None:
-        await rig.prepare()
-        rig.start("worker", 1)
-        rig.start("sink", 1)
-        await rig.post_day(stir)
-        await rig.wait_drained()
-
-    try:
-        asyncio.run(run())
-    finally:
-        rig.stop_all()
+    rig.run_day(stir)
     assert rig.workers[0].returncode == -signal.SIGKILL
     assert rig.sinks[0].returncode == -signal.SIGKILL
     for table, (rows, ids) in rig.exactly_once().items():
@@ -422,17 +417,7 @@ def test_worker_processes_what_the_group_committed_past_and_skips_what_it_replay
             processed = await _ends(rig.topics.pings)
             asyncio.get_running_loop().create_task(skip_one_record_per_partition(processed))
 
-    async def run() -> None:
-        await rig.prepare()
-        rig.start("worker", 1)
-        rig.start("sink", 1)
-        await rig.post_day(stir)
-        await rig.wait_drained()
-
-    try:
-        asyncio.run(run())
-    finally:
-        rig.stop_all()
+    rig.run_day(stir)
     assert moved, "the offsets were never moved"
     log = rig.log("worker", 2)
     assert "rewinding" in log and "seeking them there" in log, log[-3000:]

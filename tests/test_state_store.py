@@ -4,55 +4,28 @@ stayed live or went through its encoded form, in the embedded runner and through
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The day of test_topology: lost contact (a timer due at every tick while the episode is open),
+# a left post (the same while away), spoofing evidence, an ordinary day.
+from test_topology import PROFILES, day_of_uploads
 
 from pipeline import codec
 from pipeline.clock import ManualClock
 from pipeline.config import Settings, StoreSettings
 from pipeline.embedded import EmbeddedPipeline
 from pipeline.processors.base import NO_TIMER, Result
-from pipeline.reference import CustomerIndex, FenceIndex, ReferenceData
-from pipeline.sim import build_city, simulate
+from pipeline.reference import ReferenceData
 from pipeline.state_store import STATE_FORMAT, DeviceStates, decode_state, encode_state
 from pipeline.store.client import Store
 from pipeline.topology import DeviceBatch, PipelineState, Topology
 
-DAY = dt.date(2026, 11, 18)  # a Wednesday
-# Lost contact (a timer due at every tick while the episode is open), a left post (the same
-# while away), spoofing evidence, an ordinary day.
-PROFILES = {"rep-001": "honest", "rep-002": "no_network", "rep-003": "spoofer_hidden",
-            "rep-004": "left_post"}  # fmt: skip
 TICK_EVERY_MS = 10_000
 HOUR = 3_600_000
-
-
-@cache
-def day_of_uploads() -> tuple[ReferenceData, tuple[DeviceBatch, ...]]:
-    city = build_city()
-    sim = simulate(city, reps=len(PROFILES), day=DAY, profiles=PROFILES)
-    ref = ReferenceData(
-        customers=CustomerIndex(city.customers),
-        fences=FenceIndex.from_features((city.org_id, f) for f in city.fence_features),
-        schedules={(d.org_id, d.device_id): d.schedule for d in sim.devices},
-    )
-    batches = []
-    for u in sim.uploads:
-        body = json.dumps(u.records).encode()
-        ids = {"org_id": city.org_id, "device_id": u.device_id, "received_ms": u.send_ms}
-        batch = DeviceBatch(city.org_id, u.device_id, received_ms=u.send_ms)
-        if u.endpoint == "pings":
-            batch.pings, errors = codec.decode_pings_json(body, **ids)
-        else:
-            batch.states, errors = codec.decode_states_json(body, **ids)
-        assert not errors
-        batches.append(batch)
-    return ref, tuple(batches)
 
 
 def fresh_batch(batch: DeviceBatch) -> DeviceBatch:
