@@ -33,19 +33,25 @@ def test_a_hole_rewinds_once_then_waits_for_the_record_to_come_back() -> None:
     assert positions.rewind_started(TP, 19, now=12.0) is True
 
 
-def test_a_rewind_whose_record_does_not_come_back_seeks_again() -> None:
-    positions = InputPositions(retry_s=2.0)
+def test_a_rewind_whose_record_does_not_come_back_seeks_again_waiting_twice_as_long() -> None:
+    positions = InputPositions(retry_s=0.5)
     positions.rewind_started(TP, 18, now=10.0)
-    assert positions.admit(TP, 25, 18, now=11.9) is Verdict.AWAIT_REWIND
-    assert positions.admit(TP, 25, 18, now=12.1) is Verdict.REWIND
-    assert positions.rewind_started(TP, 18, now=12.1) is False  # a retry, not a new hole
+    assert positions.admit(TP, 25, 18, now=10.4) is Verdict.AWAIT_REWIND
+    assert positions.admit(TP, 25, 18, now=10.6) is Verdict.REWIND
+    assert positions.rewind_started(TP, 18, now=10.6) is False  # a retry, not a new hole
+    # the second seek gets 1 s, the third 2 s: under overload the stale records take time
+    assert positions.admit(TP, 26, 18, now=11.5) is Verdict.AWAIT_REWIND
+    assert positions.admit(TP, 26, 18, now=11.7) is Verdict.REWIND
+    positions.rewind_started(TP, 18, now=11.7)
+    assert positions.admit(TP, 27, 18, now=13.6) is Verdict.AWAIT_REWIND
+    assert positions.admit(TP, 27, 18, now=13.8) is Verdict.REWIND
 
 
 def test_rewinds_are_per_partition_and_forgotten_at_a_rebalance() -> None:
-    positions = InputPositions()
+    positions = InputPositions(retry_s=0.5)
     other = ("device-states", 3)
     positions.rewind_started(TP, 18, now=0.0)
-    assert positions.admit(other, 7, 7, now=0.5) is Verdict.PROCESS
-    assert positions.admit(TP, 30, 18, now=0.5) is Verdict.AWAIT_REWIND
+    assert positions.admit(other, 7, 7, now=0.2) is Verdict.PROCESS
+    assert positions.admit(TP, 30, 18, now=0.2) is Verdict.AWAIT_REWIND
     positions.forget()
-    assert positions.admit(TP, 30, 18, now=0.6) is Verdict.REWIND
+    assert positions.admit(TP, 30, 18, now=0.3) is Verdict.REWIND
