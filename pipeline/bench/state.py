@@ -94,7 +94,7 @@ class Params:
 
 SIZES = {
     "full": Params(),
-    "quick": Params(sizes=(10_000,), templates=40, midday_minutes=90),
+    "quick": Params(sizes=(10_000,), templates=40, midday_minutes=90, driver_devices=300),
     "tiny": Params(sizes=(50, 200), templates=4, midday_minutes=30, repeats=1, heap_sample=100,
                    driver_devices=40, live_states=8),
 }  # fmt: skip
