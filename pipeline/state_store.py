@@ -97,9 +97,6 @@ class DeviceStates(Generic[K]):
     def __len__(self) -> int:
         return len(self._due)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._due
-
     def __iter__(self) -> Iterator[K]:
         return iter(list(self._due))  # a copy: getting states reorders the live ones
 
